@@ -1,0 +1,1327 @@
+#!/usr/bin/env python3
+"""Retry shield: a local buffering proxy that hides flaky LLM APIs from clients.
+
+Clients (the Codex CLI first of all) talk to http://127.0.0.1:8888/v1. For every
+Responses or Chat Completions request the proxy forces ``stream: true``, reads
+the whole upstream SSE stream into memory while judging it, retries with
+backoff when anything goes wrong, and only then replays the clean stream (or
+the equivalent JSON) to the client in one piece.
+
+Run ``python proxy.py --help`` for the settings.
+"""
+
+# ---------------------------------------------------------------------------
+# Imports
+# ---------------------------------------------------------------------------
+
+import argparse
+import collections
+import contextlib
+import email.utils
+import errno
+import http.client
+import http.server
+import json
+import logging
+import os
+import random
+import re
+import select
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+import zlib
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+try:
+    from dataclasses import dataclass
+except ImportError:  # pragma: no cover - Python < 3.7 is not supported anyway
+    raise SystemExit("proxy.py: error: Python 3.8 or newer is required")
+
+# ---------------------------------------------------------------------------
+# Constants
+# ---------------------------------------------------------------------------
+
+__version__ = "1.0.0"
+SERVICE_NAME = "retry-shield"
+
+logger = logging.getLogger(__name__)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ENV_FILE = os.path.join(HERE, ".env")
+
+OPERATIONS = ("/responses", "/chat/completions")
+READ_CHUNK = 64 * 1024
+# How long a client may take to send its request line, headers and body.
+CLIENT_READ_TIMEOUT = 60.0
+# How often a long upstream read or backoff wait checks that the client is still there.
+CLIENT_CHECK_INTERVAL = 0.25
+
+HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+    "proxy-connection", "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+))
+# Headers the proxy sets itself, in either direction.
+NOT_FORWARDED_REQUEST = HOP_BY_HOP | {"host", "content-length", "accept-encoding"}
+NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
+CREDENTIAL_HEADERS = frozenset(("authorization", "api-key"))
+
+RETRYABLE_STATUSES = frozenset((408, 409, 429))
+# Error codes that no retry can fix: the same request fails the same way.
+FINAL_ERROR_CODES = frozenset((
+    "context_length_exceeded", "insufficient_quota", "invalid_prompt",
+    "content_filter", "content_policy_violation", "responsible_ai_policy_violation",
+    "invalid_api_key", "model_not_found", "invalid_image", "invalid_request_error",
+    "unsupported_parameter", "unsupported_value", "invalid_value", "billing_hard_limit_reached",
+))
+FINAL_ERROR_TYPES = frozenset(("invalid_request_error", "authentication_error", "permission_error"))
+
+TERMINAL_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
+HINT_IN_MESSAGE = re.compile(
+    r"(?:try again in|retry after)\s+(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?)?\b",
+    re.IGNORECASE,
+)
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+# ---------------------------------------------------------------------------
+# Exceptions
+# ---------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message is the one line shown to the user."""
+
+
+class ClientError(Exception):
+    """The client's request cannot be served; answered with ``status`` and a JSON error."""
+
+    def __init__(self, status, message, code="invalid_request"):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+class ClientGone(Exception):
+    """The client closed its connection while the proxy was still shielding."""
+
+
+class UpstreamFailure(Exception):
+    """One upstream attempt went wrong.
+
+    ``kind`` names what happened (connect, reset, timeout, status, cut, unterminated,
+    stream_error, json_error, too_large); ``retryable`` says whether another attempt
+    may succeed; ``status``, ``headers`` and ``body`` keep what the upstream said.
+    """
+
+    def __init__(self, kind, detail, status=None, headers=None, body=b"", retryable=True, message=""):
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+        self.status = status
+        self.headers = headers or {}
+        self.body = body
+        self.retryable = retryable
+        self.message = message
+
+
+# ---------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting of one proxy run, validated."""
+
+    endpoint: str
+    api_key: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8888
+    forced_model: str = ""
+    max_retries: int = 8
+    retry_base_delay: float = 1.0
+    retry_max_delay: float = 30.0
+    total_timeout: float = 600.0
+    connect_timeout: float = 10.0
+    upstream_timeout: float = 120.0
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_response_bytes: int = 256 * 1024 * 1024
+    log_level: str = "INFO"
+    env_file: str = DEFAULT_ENV_FILE
+
+    @property
+    def max_attempts(self):
+        return self.max_retries + 1
+
+
+class Setting(NamedTuple):
+    env: str
+    field: str
+    parse: Callable[[str, str], Any]
+    help: str
+
+
+def _parse_endpoint(name, value):
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+        raise ConfigError(
+            "%s=%r is not an http(s) URL; set it to your API base URL, e.g. "
+            "https://NAME.openai.azure.com/openai/v1" % (name, value))
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError("%s=%r has an invalid port; fix the URL" % (name, value)) from None
+    return value
+
+
+def _parse_text(name, value):
+    return value
+
+
+def _parse_port(name, value):
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError("%s=%r is not a port; use a whole number from 1 to 65535 (0 picks a free one)"
+                          % (name, value))
+    return port
+
+
+def _number_parser(kind, minimum, strict=False):
+    def parse(name, value):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or number != number or number < minimum or (strict and number == minimum):
+            raise ConfigError("%s=%r is not valid; use a %s %s %s" % (
+                name, value, "whole number" if kind is int else "number",
+                "above" if strict else "of at least", minimum))
+        return number
+    return parse
+
+
+def _parse_log_level(name, value):
+    level = value.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("%s=%r is not a log level; use DEBUG, INFO, WARNING or ERROR" % (name, value))
+    return level
+
+
+SETTINGS = (
+    Setting("AZURE_ENDPOINT", "endpoint", _parse_endpoint,
+            "upstream base URL (…/v1) or full operation URL (…/chat/completions?api-version=…); required"),
+    Setting("AZURE_API_KEY", "api_key", _parse_text,
+            "key sent upstream as api-key and Authorization: Bearer; empty passes the client's own"),
+    Setting("HOST", "host", _parse_text, "address to listen on"),
+    Setting("PORT", "port", _parse_port, "port to listen on (0 picks a free one)"),
+    Setting("FORCED_MODEL", "forced_model", _parse_text, "replaces the request's model when set"),
+    Setting("MAX_RETRIES", "max_retries", _number_parser(int, 0), "retries after the first attempt"),
+    Setting("RETRY_BASE_DELAY", "retry_base_delay", _number_parser(float, 0.0),
+            "first backoff wait in seconds, doubled each retry"),
+    Setting("RETRY_MAX_DELAY", "retry_max_delay", _number_parser(float, 0.0),
+            "longest backoff wait in seconds (an upstream Retry-After may ask for more)"),
+    Setting("TOTAL_TIMEOUT", "total_timeout", _number_parser(float, 0.0, strict=True),
+            "seconds one request may take, all attempts and waits included"),
+    Setting("CONNECT_TIMEOUT", "connect_timeout", _number_parser(float, 0.0, strict=True),
+            "seconds to connect to the upstream"),
+    Setting("UPSTREAM_TIMEOUT", "upstream_timeout", _number_parser(float, 0.0, strict=True),
+            "seconds of upstream silence before an attempt counts as stalled"),
+    Setting("MAX_REQUEST_BYTES", "max_request_bytes", _number_parser(int, 1), "largest request body accepted"),
+    Setting("MAX_RESPONSE_BYTES", "max_response_bytes", _number_parser(int, 1),
+            "largest upstream answer buffered in memory"),
+    Setting("LOG_LEVEL", "log_level", _parse_log_level, "DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def _settings_help():
+    defaults = Config(endpoint="")
+    lines = ["settings (environment or .env; an empty value means the default):"]
+    for setting in SETTINGS:
+        default = getattr(defaults, setting.field)
+        shown = "" if default == "" else " [default: %s]" % (default,)
+        lines.append("  %-18s %s%s" % (setting.env, setting.help, shown))
+    return "\n".join(lines)
+
+
+def build_arg_parser():
+    parser = argparse.ArgumentParser(
+        prog="proxy.py",
+        description="Buffering retry-shield proxy for OpenAI-compatible APIs (Responses and Chat Completions).",
+        epilog=_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", help="address to listen on (overrides HOST)")
+    parser.add_argument("--port", help="port to listen on (overrides PORT)")
+    parser.add_argument("--env-file", metavar="PATH", help="read settings from PATH instead of .env beside proxy.py")
+    parser.add_argument("--debug", action="store_true", help="log every attempt in detail (LOG_LEVEL=DEBUG)")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    return parser
+
+
+def load_config(argv, environ):
+    # type: (List[str], Mapping[str, str]) -> Config
+    """Build the Config from command-line flags over ``environ``; raise ConfigError on bad input."""
+    args = build_arg_parser().parse_args(argv)
+    values = {}  # type: Dict[str, Any]
+    flags = {"HOST": args.host, "PORT": args.port}
+    for setting in SETTINGS:
+        raw = flags.get(setting.env)
+        if raw is None:
+            raw = environ.get(setting.env, "")
+        raw = raw.strip()
+        if raw:
+            values[setting.field] = setting.parse(setting.env, raw)
+    if "endpoint" not in values:
+        raise ConfigError("AZURE_ENDPOINT is not set; put AZURE_ENDPOINT=https://NAME.openai.azure.com/openai/v1 "
+                          "in .env (see .env.example) or the environment")
+    if args.debug:
+        values["log_level"] = "DEBUG"
+    if args.env_file:
+        values["env_file"] = args.env_file
+    config = Config(**values)
+    if config.retry_max_delay < config.retry_base_delay:
+        raise ConfigError("RETRY_MAX_DELAY=%s is below RETRY_BASE_DELAY=%s; raise RETRY_MAX_DELAY"
+                          % (config.retry_max_delay, config.retry_base_delay))
+    return config
+
+
+# ---------------------------------------------------------------------------
+# URL mapping
+# ---------------------------------------------------------------------------
+
+
+def operation_of(path):
+    """The operation a client path asks for (``/responses``, ``/chat/completions``, ``/models``) or None."""
+    if path.startswith("/v1/"):
+        path = path[3:]
+    path = path.rstrip("/")
+    if path in OPERATIONS or path == "/models":
+        return path
+    return None
+
+
+def upstream_url(endpoint, operation, client_query=""):
+    """The upstream URL for ``operation`` given AZURE_ENDPOINT.
+
+    An endpoint whose path ends in an operation is a full operation URL: every POST
+    goes there. Any other endpoint is a base URL the operation is appended to. The
+    endpoint's query string is kept; the client's parameters are added unless the
+    endpoint already sets them.
+    """
+    parts = urllib.parse.urlsplit(endpoint)
+    base = parts.path.rstrip("/")
+    full = next((op for op in OPERATIONS if base.endswith(op)), None)
+    if full is None:
+        path = base + operation
+    elif operation == "/models":
+        path = base[:-len(full)] + operation
+    else:
+        path = base
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    fixed = {key for key, _ in query}
+    query += [(key, value) for key, value in urllib.parse.parse_qsl(client_query, keep_blank_values=True)
+              if key not in fixed]
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, urllib.parse.urlencode(query), ""))
+
+
+def redact_url(url):
+    """``url`` without credentials or query string, fit for logs and banners."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += ":%d" % parts.port
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def upstream_headers(client_headers, api_key):
+    # type: (List[Tuple[str, str]], str) -> Dict[str, str]
+    """The headers to send upstream: the client's, minus hop-by-hop ones, with our credentials."""
+    connection_tokens = {token.strip().lower() for name, value in client_headers
+                         if name.lower() == "connection" for token in value.split(",")}
+    headers = {}
+    for name, value in client_headers:
+        lower = name.lower()
+        if lower in NOT_FORWARDED_REQUEST or lower in connection_tokens:
+            continue
+        if api_key and lower in CREDENTIAL_HEADERS:
+            continue
+        headers[name] = value
+    if api_key:
+        headers["api-key"] = api_key
+        headers["Authorization"] = "Bearer " + api_key
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+# ---------------------------------------------------------------------------
+# Protocol inspection
+# ---------------------------------------------------------------------------
+
+
+class StreamVerdict(NamedTuple):
+    """What a finished stream amounts to.
+
+    ``outcome`` is one of COMPLETE (deliver), INCOMPLETE (deliver: a legitimate
+    end such as max_output_tokens), FAILED (deliver: a final error no retry can
+    fix), RETRY (an error a retry may fix) or UNFINISHED (no terminator).
+    """
+
+    outcome: str
+    detail: str = ""
+    error: Optional[dict] = None
+    usage: Optional[dict] = None
+    terminal: bytes = b""  # the terminal event's JSON (Responses) for non-streaming clients
+
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+    FAILED = "failed"
+    RETRY = "retry"
+    UNFINISHED = "unfinished"
+
+    @property
+    def deliverable(self):
+        return self.outcome in (self.COMPLETE, self.INCOMPLETE, self.FAILED)
+
+
+def is_final_error(error):
+    """Whether an error object from the upstream names a failure that retrying cannot fix."""
+    if not isinstance(error, dict):
+        return False
+    return error.get("code") in FINAL_ERROR_CODES or error.get("type") in FINAL_ERROR_TYPES
+
+
+def _data_json(line):
+    """The JSON of an SSE ``data:`` line, or None."""
+    payload = line[5:].strip() if line.startswith(b"data:") else b""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error_text(error):
+    if not isinstance(error, dict):
+        return str(error)
+    code = error.get("code") or error.get("type") or "error"
+    return "%s: %s" % (code, error.get("message", ""))
+
+
+class StreamInspector:
+    """Judges an SSE stream as its bytes arrive.
+
+    ``feed`` appends to one buffer and looks only at the new bytes, with a single
+    byte search for ``error"``: inside JSON strings a quote is always escaped, so
+    that sequence occurs only as a real key or value, never in generated text.
+    Terminal events sit at the end of a stream, so ``verdict`` reads only the
+    last lines. Total cost is linear in the stream's size.
+    """
+
+    ERROR_MARK = b'error"'
+
+    def __init__(self, protocol):
+        self.protocol = protocol  # "responses" or "chat"
+        self.buffer = bytearray()
+        self.error = None  # type: Optional[dict]
+        self._searched = 0
+
+    def feed(self, chunk):
+        self.buffer += chunk
+        if self.error is None:
+            self._search_errors()
+
+    def _search_errors(self):
+        buf = self.buffer
+        find = buf.find
+        pos = find(self.ERROR_MARK, self._searched)
+        while pos >= 0:
+            line_end = find(b"\n", pos)
+            if line_end < 0:  # judge the line when it is complete
+                self._searched = buf.rfind(b"\n", 0, pos) + 1
+                return
+            after = bytes(buf[pos + 6:pos + 12]).lstrip(b": ")
+            if not after.startswith(b"null"):
+                self._judge_error_line(bytes(buf[buf.rfind(b"\n", 0, pos) + 1:line_end]).rstrip(b"\r"))
+                if self.error is not None:
+                    return
+            pos = find(self.ERROR_MARK, line_end)
+        self._searched = max(self._searched, len(buf) - len(self.ERROR_MARK) + 1)
+
+    def _judge_error_line(self, line):
+        event = _data_json(line)
+        if event is None:
+            return
+        kind = event.get("type")
+        if kind == "error":
+            error = event.get("error") if isinstance(event.get("error"), dict) else event
+            self.error = {key: error.get(key) for key in ("code", "type", "message", "param")}
+        elif isinstance(event.get("error"), dict) and not str(kind or "").startswith("response."):
+            self.error = dict(event["error"])
+
+    def verdict(self):
+        # type: () -> StreamVerdict
+        """Judge the stream as it stands: call once the upstream has finished sending."""
+        if self.error is None:
+            self._search_errors_to_end()
+        if self.error is not None:
+            outcome = StreamVerdict.FAILED if is_final_error(self.error) else StreamVerdict.RETRY
+            return StreamVerdict(outcome, "error event: " + _error_text(self.error), error=self.error)
+        if self.protocol == "responses":
+            return self._responses_verdict()
+        return self._chat_verdict()
+
+    def _search_errors_to_end(self):
+        if not self.buffer.endswith(b"\n"):
+            self.buffer += b"\n"  # a last line without newline is still a line
+            self._search_errors()
+            del self.buffer[-1]
+        else:
+            self._search_errors()
+
+    def _last_lines(self, limit):
+        """Up to ``limit`` last non-empty lines, newest first (bytes, without line ends)."""
+        buf = self.buffer
+        end = len(buf)
+        lines = []
+        while end > 0 and len(lines) < limit:
+            start = buf.rfind(b"\n", 0, end) + 1
+            line = bytes(buf[start:end]).strip()
+            if line and not line.startswith(b":"):
+                lines.append(line)
+            end = start - 1
+        return lines
+
+    def _responses_verdict(self):
+        lines = self._last_lines(6)
+        data = next((line for line in lines if line.startswith(b"data:") and line[5:].strip() != b"[DONE]"), b"")
+        name = _event_name(lines, data)
+        if name not in TERMINAL_EVENTS:
+            return StreamVerdict(StreamVerdict.UNFINISHED, "stream ended without response.completed")
+        payload = data[5:].strip()
+        usage = _usage_from(payload, b'"usage"')
+        if name == b"response.completed":
+            return StreamVerdict(StreamVerdict.COMPLETE, "completed", usage=usage, terminal=payload)
+        if name == b"response.incomplete":
+            return StreamVerdict(StreamVerdict.INCOMPLETE, "incomplete", usage=usage, terminal=payload)
+        event = _data_json(data) or {}
+        response = event.get("response") if isinstance(event.get("response"), dict) else {}
+        error = response.get("error") if isinstance(response.get("error"), dict) else {"code": None}
+        outcome = StreamVerdict.FAILED if is_final_error(error) else StreamVerdict.RETRY
+        return StreamVerdict(outcome, "response.failed: " + _error_text(error), error=error,
+                             usage=usage, terminal=payload)
+
+    def _chat_verdict(self):
+        lines = self._last_lines(64)
+        data_lines = [line for line in lines if line.startswith(b"data:")]
+        if not data_lines or data_lines[0][5:].strip() != b"[DONE]":
+            return StreamVerdict(StreamVerdict.UNFINISHED, "stream ended without data: [DONE]")
+        finish = re.compile(rb'"finish_reason"\s*:\s*"')
+        if not any(finish.search(line) for line in data_lines[1:]):
+            return StreamVerdict(StreamVerdict.UNFINISHED, "stream ended without a finish_reason")
+        usage = next((_usage_from(line, b'"usage"') for line in data_lines[1:3] if b'"usage"' in line), None)
+        return StreamVerdict(StreamVerdict.COMPLETE, "completed", usage=usage)
+
+
+def _event_name(lines, data):
+    """The name of the event whose data line is ``data``: its ``event:`` line, else the data's type."""
+    for index, line in enumerate(lines):
+        if line is data:
+            before = lines[index + 1] if index + 1 < len(lines) else b""
+            if before.startswith(b"event:"):
+                return before[6:].strip()
+            break
+    match = re.search(rb'"type"\s*:\s*"([^"]+)"', data)
+    return match.group(1) if match else None
+
+
+def _usage_from(payload, key):
+    """The usage object in a JSON payload, found from its end so the output text is not parsed."""
+    pos = payload.rfind(key)
+    if pos < 0:
+        return None
+    text = payload[pos + len(key):].lstrip(b" :").decode("utf-8", "replace")
+    try:
+        usage, _ = json.JSONDecoder().raw_decode(text)
+    except ValueError:
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def iter_sse_data(body):
+    """Each ``data:`` payload of an SSE body, as bytes."""
+    for line in bytes(body).splitlines():
+        if line.startswith(b"data:"):
+            yield line[5:].strip()
+
+
+def assemble_chat_completion(body):
+    """Turn a buffered Chat Completions stream into the ``chat.completion`` a non-streaming client expects."""
+    completion = {"object": "chat.completion", "choices": []}  # type: Dict[str, Any]
+    choices = {}  # type: Dict[int, Dict[str, Any]]
+    for payload in iter_sse_data(body):
+        if payload == b"[DONE]":
+            continue
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        for key in ("id", "created", "model", "system_fingerprint", "service_tier"):
+            if chunk.get(key) is not None:
+                completion[key] = chunk[key]
+        if chunk.get("usage"):
+            completion["usage"] = chunk["usage"]
+        for delta_choice in chunk.get("choices") or ():
+            _merge_choice(choices, delta_choice)
+    completion["choices"] = [_finish_choice(choices[index]) for index in sorted(choices)]
+    return completion
+
+
+def _merge_choice(choices, delta_choice):
+    index = delta_choice.get("index", 0)
+    choice = choices.setdefault(index, {"index": index, "message": {"role": "assistant"},
+                                        "parts": {}, "tools": {}, "finish_reason": None})
+    delta = delta_choice.get("delta") or {}
+    for field in ("content", "refusal"):
+        if delta.get(field) is not None:
+            choice["parts"].setdefault(field, []).append(delta[field])
+    if delta.get("role"):
+        choice["message"]["role"] = delta["role"]
+    for call in delta.get("tool_calls") or ():
+        slot = choice["tools"].setdefault(call.get("index", 0), {"type": "function", "arguments": [],
+                                                                 "function": {}})
+        if call.get("id"):
+            slot["id"] = call["id"]
+        if call.get("type"):
+            slot["type"] = call["type"]
+        function = call.get("function") or {}
+        if function.get("name"):
+            slot["function"]["name"] = function["name"]
+        if function.get("arguments"):
+            slot["arguments"].append(function["arguments"])
+    if delta_choice.get("finish_reason"):
+        choice["finish_reason"] = delta_choice["finish_reason"]
+    if delta_choice.get("logprobs") is not None:
+        choice["logprobs"] = delta_choice["logprobs"]
+
+
+def _finish_choice(choice):
+    message = choice["message"]
+    message["content"] = "".join(choice["parts"]["content"]) if "content" in choice["parts"] else None
+    message["refusal"] = "".join(choice["parts"]["refusal"]) if "refusal" in choice["parts"] else None
+    if choice["tools"]:
+        message["tool_calls"] = []
+        for index in sorted(choice["tools"]):
+            slot = choice["tools"][index]
+            function = dict(slot["function"], arguments="".join(slot["arguments"]))
+            call = {"id": slot.get("id"), "type": slot["type"], "function": function}
+            message["tool_calls"].append(call)
+    return {"index": choice["index"], "message": message, "logprobs": choice.get("logprobs"),
+            "finish_reason": choice["finish_reason"]}
+
+
+# ---------------------------------------------------------------------------
+# Retry policy
+# ---------------------------------------------------------------------------
+
+
+def parse_duration(text):
+    """Seconds in ``6m0s``, ``1s``, ``12ms``, ``1h2m`` or a plain number; None if unreadable."""
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def retry_hint(headers, message="", now=None):
+    # type: (Mapping[str, str], str, Optional[float]) -> Optional[float]
+    """The wait in seconds the upstream asks for, if it says: headers first, then its message."""
+    headers = {name.lower(): value for name, value in headers.items()}
+    if "retry-after-ms" in headers:
+        try:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000.0)
+        except ValueError:
+            pass
+    if "retry-after" in headers:
+        value = headers["retry-after"].strip()
+        seconds = parse_duration(value) if value.replace(".", "", 1).isdigit() else None
+        if seconds is None:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None:
+                now = time.time() if now is None else now
+                seconds = max(0.0, when.timestamp() - now)
+        if seconds is not None:
+            return seconds
+    resets = [parse_duration(headers[name]) for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+              if name in headers]
+    resets = [seconds for seconds in resets if seconds is not None]
+    if resets:
+        return max(resets)
+    match = HINT_IN_MESSAGE.search(message or "")
+    if match:
+        unit = (match.group(2) or "s").lower()
+        return float(match.group(1)) / (1000.0 if unit.startswith("m") else 1.0)
+    return None
+
+
+class RetryPolicy:
+    """Decides, after a failed attempt, how long to wait before the next one, or to give up."""
+
+    def __init__(self, max_retries, base_delay, max_delay, total_timeout, rng=None):
+        self.max_retries = max_retries
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.total_timeout = total_timeout
+        self.random = rng or random.random
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.max_retries, config.retry_base_delay, config.retry_max_delay, config.total_timeout)
+
+    def backoff(self, retry_number):
+        """Progressive wait before retry ``retry_number`` (0 for the first), with jitter."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** min(retry_number, 32))
+        return ceiling * (0.75 + 0.25 * self.random())
+
+    def next_wait(self, failure, attempts_made, elapsed):
+        # type: (UpstreamFailure, int, float) -> Optional[float]
+        """Seconds to wait before the next attempt, or None to give up.
+
+        ``attempts_made`` counts attempts so far (1 after the first); ``elapsed`` is the
+        time since the request arrived. An upstream hint (Retry-After and friends)
+        wins over the backoff, but never stretches the request past total_timeout.
+        """
+        if not failure.retryable or attempts_made > self.max_retries:
+            return None
+        hint = retry_hint(failure.headers, failure.message)
+        wait = hint if hint is not None else self.backoff(attempts_made - 1)
+        if elapsed + wait >= self.total_timeout:
+            return None
+        return wait
+
+
+# ---------------------------------------------------------------------------
+# Upstream attempt
+# ---------------------------------------------------------------------------
+
+
+class UpstreamAnswer(NamedTuple):
+    """A finished attempt to hand to the client: good, or final as the upstream sent it."""
+
+    status: int
+    headers: List[Tuple[str, str]]
+    body: bytearray
+    verdict: Optional[StreamVerdict]  # None: not a stream (passed through as it came)
+
+
+def _kb(size):
+    return "%d bytes" % size if size < 1024 else "%d KB" % (size // 1024)
+
+
+def _open_connection(url, connect_timeout):
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=connect_timeout,
+                                           context=ssl.create_default_context())
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=connect_timeout)
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return conn, target
+
+
+def _read_bounded(response, limit):
+    """The rest of a (small, non-SSE) upstream body, up to ``limit`` bytes."""
+    body = response.read(limit + 1)
+    if len(body) > limit:
+        raise UpstreamFailure("too_large", "upstream answer over MAX_RESPONSE_BYTES (%d bytes)" % limit,
+                              retryable=False)
+    return body
+
+
+def _decoder_for(encoding):
+    encoding = (encoding or "identity").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
+    return None
+
+
+def attempt(config, url, body, headers, protocol, deadline, still_wanted):
+    # type: (Config, str, bytes, Dict[str, str], str, float, Callable[[], bool]) -> UpstreamAnswer
+    """Make one upstream attempt and read its whole answer.
+
+    Returns an UpstreamAnswer the client may receive; raises UpstreamFailure for
+    anything worth another attempt (or a final proxy-side failure), and ClientGone
+    when ``still_wanted()`` turns false while reading.
+    """
+    conn, target = _open_connection(url, config.connect_timeout)
+    try:
+        try:
+            conn.connect()
+        except socket.timeout:
+            raise UpstreamFailure("timeout", "connect timed out after %ss" % config.connect_timeout) from None
+        except OSError as exc:
+            raise UpstreamFailure("connect", "cannot connect: %s" % (exc.strerror or exc,)) from None
+        sock = conn.sock  # kept: http.client drops conn.sock when the answer is close-delimited
+        sock.settimeout(max(0.001, min(config.upstream_timeout, deadline - time.monotonic())))
+        try:
+            conn.request("POST", target, body=body, headers=headers)
+            response = conn.getresponse()
+        except socket.timeout:
+            raise UpstreamFailure("timeout", "no answer within %ss" % config.upstream_timeout) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise UpstreamFailure("reset", "connection lost before the answer: %s"
+                                  % (getattr(exc, "strerror", None) or exc.__class__.__name__,)) from None
+        return _read_answer(config, response, sock, protocol, deadline, still_wanted)
+    finally:
+        conn.close()
+
+
+def _read_answer(config, response, sock, protocol, deadline, still_wanted):
+    headers = response.getheaders()
+    status = response.status
+    content_type = (response.getheader("Content-Type") or "").lower()
+    decoder = _decoder_for(response.getheader("Content-Encoding"))
+    inspector = StreamInspector(protocol)
+    limit = config.max_response_bytes
+    next_check = time.monotonic() + CLIENT_CHECK_INTERVAL
+    try:
+        while True:
+            chunk = response.read1(READ_CHUNK)
+            if not chunk:
+                break
+            if decoder is not None:
+                chunk = decoder.decompress(chunk)
+            inspector.feed(chunk)
+            if len(inspector.buffer) > limit:
+                raise UpstreamFailure("too_large", "upstream answer over MAX_RESPONSE_BYTES (%d bytes); "
+                                      "raise MAX_RESPONSE_BYTES" % limit, retryable=False)
+            now = time.monotonic()
+            if now >= next_check:
+                if not still_wanted():
+                    raise ClientGone()
+                next_check = now + CLIENT_CHECK_INTERVAL
+                sock.settimeout(max(0.001, min(config.upstream_timeout, deadline - now)))
+        if response.length:  # Content-Length announced more than arrived
+            raise http.client.IncompleteRead(b"", response.length)
+        if decoder is not None:
+            inspector.feed(decoder.flush())
+    except socket.timeout:
+        raise UpstreamFailure("timeout", "upstream silent for %ss after %s" % (
+            config.upstream_timeout, _kb(len(inspector.buffer)))) from None
+    except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
+        raise UpstreamFailure("cut", "stream cut after %s (%s)" % (
+            _kb(len(inspector.buffer)), exc.__class__.__name__), status=status) from None
+    except zlib.error:
+        raise UpstreamFailure("cut", "corrupt compressed answer after %s" % _kb(len(inspector.buffer))) from None
+    return _judge(status, headers, content_type, inspector)
+
+
+def _judge(status, headers, content_type, inspector):
+    """Turn a fully read answer into an UpstreamAnswer to deliver, or raise UpstreamFailure."""
+    body = inspector.buffer
+    header_map = {name.lower(): value for name, value in headers}
+    if status != 200:
+        error = _json_error(body)
+        message = error.get("message", "") if error else ""
+        retryable = status in RETRYABLE_STATUSES or status >= 500
+        if not retryable:
+            return UpstreamAnswer(status, headers, body, None)
+        raise UpstreamFailure("status", "HTTP %d%s" % (status, (": " + _error_text(error)) if error else ""),
+                              status=status, headers=header_map, body=bytes(body), message=message)
+    if "json" in content_type:
+        error = _json_error(body)
+        if error is None:  # an upstream that does not stream: pass its answer through
+            return UpstreamAnswer(status, headers, body, None)
+        if is_final_error(error):
+            return UpstreamAnswer(status, headers, body, None)
+        raise UpstreamFailure("json_error", "JSON error instead of a stream: " + _error_text(error),
+                              status=status, headers=header_map, body=bytes(body),
+                              message=str(error.get("message", "")))
+    verdict = inspector.verdict()
+    if verdict.deliverable:
+        return UpstreamAnswer(status, headers, body, verdict)
+    if verdict.outcome == StreamVerdict.UNFINISHED:
+        raise UpstreamFailure("unterminated", "%s (%s)" % (verdict.detail, _kb(len(body))))
+    raise UpstreamFailure("stream_error", verdict.detail, headers=header_map,
+                          message=str((verdict.error or {}).get("message") or ""))
+
+
+def _json_error(body):
+    """The ``error`` object of a JSON body, if it is one."""
+    try:
+        value = json.loads(bytes(body))
+    except ValueError:
+        return None
+    if isinstance(value, dict) and value.get("error"):
+        error = value["error"]
+        return error if isinstance(error, dict) else {"message": str(error)}
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Handler
+# ---------------------------------------------------------------------------
+
+
+def json_error_body(message, kind="proxy_error", **extra):
+    error = {"message": message, "type": kind}
+    error.update(extra)
+    return json.dumps({"error": error}).encode("utf-8")
+
+
+class ShieldHandler(http.server.BaseHTTPRequestHandler):
+    """Serves the routes; every request is shielded by ``self.server``'s settings."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "retry-shield/" + __version__
+    timeout = CLIENT_READ_TIMEOUT
+    error_content_type = "application/json"
+
+    # -- stdlib hooks -------------------------------------------------------
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def send_error(self, code, message=None, explain=None):
+        """Answer with a JSON error instead of the stdlib's HTML page."""
+        short, _ = self.responses.get(code, ("Error", ""))
+        self._send_json(code, json_error_body(message or short, "invalid_request_error"), close=True)
+
+    def do_GET(self):
+        path = urllib.parse.urlsplit(self.path).path
+        if path.rstrip("/") == "/health":
+            self._send_json(200, json.dumps(self.server.health()).encode("utf-8"))
+        elif operation_of(path) == "/models":
+            self._forward_models()
+        else:
+            self._route_error()
+
+    def do_POST(self):
+        started = time.monotonic()
+        split = urllib.parse.urlsplit(self.path)
+        operation = operation_of(split.path)
+        if operation not in OPERATIONS:
+            self._drain_small_body()
+            self._route_error()
+            return
+        try:
+            request = self._read_json_body()
+        except ClientError as exc:
+            self._send_json(exc.status, json_error_body(exc.message, "invalid_request_error", code=exc.code),
+                            close=True)
+            return
+        self.server.count("requests")
+        with self.server.in_flight():
+            self._shield(operation, split.query, request, started)
+
+    def do_PUT(self):
+        self._route_error()
+
+    do_DELETE = do_PATCH = do_HEAD = do_PUT
+
+    # -- routing --------------------------------------------------------------
+
+    def _route_error(self):
+        path = urllib.parse.urlsplit(self.path).path
+        known = path.rstrip("/") == "/health" or operation_of(path) is not None
+        if known:
+            allowed = "GET" if operation_of(path) == "/models" or path.rstrip("/") == "/health" else "POST"
+            self._send_json(405, json_error_body("%s is not allowed on %s; use %s" % (self.command, path, allowed),
+                                                 "invalid_request_error"), extra=[("Allow", allowed)], close=True)
+        else:
+            self._send_json(404, json_error_body(
+                "no route %s %s; use POST /v1/responses or /v1/chat/completions" % (self.command, path),
+                "invalid_request_error"), close=True)
+
+    def _drain_small_body(self):
+        length = self.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) <= 65536:
+            self.rfile.read(int(length))
+
+    # -- request body -----------------------------------------------------------
+
+    def _read_json_body(self):
+        config = self.server.config
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raw = self._read_chunked(config.max_request_bytes)
+        else:
+            length = self.headers.get("Content-Length")
+            if length is None:
+                raise ClientError(411, "Content-Length is required", "length_required")
+            if not length.strip().isdigit():
+                raise ClientError(400, "Content-Length %r is not a number" % length, "bad_content_length")
+            size = int(length)
+            if size > config.max_request_bytes:
+                raise ClientError(413, "request body of %d bytes is over MAX_REQUEST_BYTES (%d)"
+                                  % (size, config.max_request_bytes), "request_too_large")
+            raw = self.rfile.read(size)
+            if len(raw) < size:
+                raise ClientError(400, "request body ended after %d of %d bytes" % (len(raw), size),
+                                  "incomplete_body")
+        try:
+            request = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ClientError(400, "request body is not valid UTF-8", "invalid_json") from None
+        except ValueError as exc:
+            raise ClientError(400, "request body is not valid JSON: %s" % exc, "invalid_json") from None
+        if not isinstance(request, dict):
+            raise ClientError(400, "request body must be a JSON object, not %s" % type(request).__name__,
+                              "invalid_json")
+        return request
+
+    def _read_chunked(self, limit):
+        parts = []
+        size = 0
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                chunk_size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ClientError(400, "malformed chunked request body", "bad_chunked_body") from None
+            if chunk_size == 0:
+                while self.rfile.readline(1024).strip():
+                    pass  # trailers
+                return b"".join(parts)
+            size += chunk_size
+            if size > limit:
+                raise ClientError(413, "request body is over MAX_REQUEST_BYTES (%d)" % limit, "request_too_large")
+            data = self.rfile.read(chunk_size)
+            if len(data) < chunk_size:
+                raise ClientError(400, "request body ended early", "incomplete_body")
+            parts.append(data)
+            self.rfile.readline(16)
+
+    # -- the shield -------------------------------------------------------------
+
+    def _shield(self, operation, query, request, started):
+        config = self.server.config
+        wants_stream = request.get("stream") is True
+        request["stream"] = True
+        if config.forced_model:
+            request["model"] = config.forced_model
+        body = json.dumps(request, ensure_ascii=False).encode("utf-8")
+        url = upstream_url(config.endpoint, operation, query)
+        headers = upstream_headers(self.headers.items(), config.api_key)
+        protocol = "responses" if operation == "/responses" else "chat"
+        policy = self.server.retry_policy
+        deadline = started + config.total_timeout
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                answer = attempt(config, url, body, headers, protocol, deadline, self._client_present)
+            except ClientGone:
+                self._log_summary(499, attempts, 0, started, request, None, "client gone")
+                self.close_connection = True
+                return
+            except UpstreamFailure as failure:
+                wait = policy.next_wait(failure, attempts, time.monotonic() - started)
+                if wait is None:
+                    logger.warning("attempt %d/%d failed: %s; giving up", attempts, config.max_attempts,
+                                   failure.detail)
+                    self._give_up(failure, attempts, started, request)
+                    return
+                logger.warning("attempt %d/%d failed: %s; retrying in %.1f s", attempts, config.max_attempts,
+                               failure.detail, wait)
+                self.server.count("retries")
+                if not self._wait_for_retry(wait):
+                    self._log_summary(499, attempts, 0, started, request, None, "client gone")
+                    self.close_connection = True
+                    return
+                continue
+            self._deliver(answer, wants_stream, attempts, started, request)
+            return
+
+    def _client_present(self):
+        """Whether the client still holds its connection open (it has nothing more to send)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return True
+            return self.connection.recv(1, socket.MSG_PEEK) != b""
+        except (OSError, ValueError):
+            return False
+
+    def _wait_for_retry(self, seconds):
+        """Sleep ``seconds`` unless the client leaves or the server stops; True if still wanted."""
+        end = time.monotonic() + seconds
+        while True:
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                return True
+            if self.server.stopping.wait(min(remaining, CLIENT_CHECK_INTERVAL)):
+                return False
+            if not self._client_present():
+                return False
+
+    def _deliver(self, answer, wants_stream, attempts, started, request):
+        verdict = answer.verdict
+        extra = [(name, value) for name, value in answer.headers if name.lower() not in NOT_FORWARDED_RESPONSE]
+        if verdict is None:
+            content_type = next((value for name, value in extra if name.lower() == "content-type"),
+                                "application/json")
+            extra = [(name, value) for name, value in extra if name.lower() != "content-type"]
+            self._send(answer.status, content_type, answer.body, extra)
+            self._log_summary(answer.status, attempts, len(answer.body), started, request, None)
+            return
+        if wants_stream:
+            extra = [(name, value) for name, value in extra if name.lower() not in ("content-type", "cache-control")]
+            self._send(200, "text/event-stream; charset=utf-8", answer.body,
+                       extra + [("Cache-Control", "no-cache")])
+        else:
+            status, payload = self._as_json(answer)
+            extra = [(name, value) for name, value in extra if name.lower() != "content-type"]
+            self._send(status, "application/json", payload, extra)
+        self._log_summary(200, attempts, len(answer.body), started, request, verdict.usage, verdict.outcome)
+
+    def _as_json(self, answer):
+        """The non-streaming JSON equivalent of a buffered stream: (status, body)."""
+        verdict = answer.verdict
+        if verdict.outcome == StreamVerdict.FAILED:  # as the API answers a non-streaming request
+            status = 429 if (verdict.error or {}).get("code") == "insufficient_quota" else 400
+            return status, json.dumps({"error": verdict.error}).encode("utf-8")
+        if verdict.terminal:  # Responses: the response object of the terminal event
+            event = json.loads(verdict.terminal)
+            return 200, json.dumps(event.get("response", event), ensure_ascii=False).encode("utf-8")
+        return 200, json.dumps(assemble_chat_completion(answer.body), ensure_ascii=False).encode("utf-8")
+
+    def _give_up(self, failure, attempts, started, request):
+        self.server.count("gave_up")
+        if failure.status is not None and failure.status != 200 and failure.kind == "status":
+            extra = [(name, value) for name, value in failure.headers.items()
+                     if name.lower() not in NOT_FORWARDED_RESPONSE and name.lower() != "content-type"]
+            content_type = failure.headers.get("content-type", "application/json")
+            self._send(failure.status, content_type, failure.body, extra)
+            self._log_summary(failure.status, attempts, len(failure.body), started, request, None, "gave up")
+            return
+        status = 504 if failure.kind == "timeout" else 502
+        message = "upstream failed after %d attempt%s: %s" % (attempts, "" if attempts == 1 else "s", failure.detail)
+        payload = json_error_body(message, "proxy_error", code=failure.kind, attempts=attempts,
+                                  last_failure=failure.detail)
+        self._send_json(status, payload)
+        self._log_summary(status, attempts, 0, started, request, None, "gave up")
+
+    def _forward_models(self):
+        config = self.server.config
+        url = upstream_url(config.endpoint, "/models", urllib.parse.urlsplit(self.path).query)
+        conn, target = _open_connection(url, config.connect_timeout)
+        try:
+            headers = upstream_headers(self.headers.items(), config.api_key)
+            conn.request("GET", target, headers=headers)
+            conn.sock.settimeout(config.upstream_timeout)
+            response = conn.getresponse()
+            body = _read_bounded(response, config.max_response_bytes)
+            decoder = _decoder_for(response.getheader("Content-Encoding"))
+            if decoder is not None:
+                body = decoder.decompress(body) + decoder.flush()
+            extra = [(name, value) for name, value in response.getheaders()
+                     if name.lower() not in NOT_FORWARDED_RESPONSE and name.lower() != "content-type"]
+            self._send(response.status, response.getheader("Content-Type", "application/json"), body, extra)
+        except (OSError, http.client.HTTPException, UpstreamFailure, zlib.error) as exc:
+            self._send_json(502, json_error_body("cannot list models upstream: %s" % (exc,), code="upstream_error"))
+        finally:
+            conn.close()
+
+    # -- output -----------------------------------------------------------------
+
+    def _send_json(self, status, payload, extra=(), close=False):
+        self._send(status, "application/json", payload, list(extra), close=close)
+
+    def _send(self, status, content_type, payload, extra, close=False):
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            for name, value in extra:
+                self.send_header(name, value)
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+            self.wfile.flush()
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True
+
+    def _log_summary(self, status, attempts, size, started, request, usage, note=""):
+        tokens = ""
+        if usage:
+            into = usage.get("input_tokens", usage.get("prompt_tokens"))
+            out = usage.get("output_tokens", usage.get("completion_tokens"))
+            tokens = " tokens=%s/%s" % (into, out)
+        logger.info("%s %s %d attempts=%d bytes=%d time=%.2fs model=%s%s%s", self.command,
+                    urllib.parse.urlsplit(self.path).path, status, attempts, size, time.monotonic() - started,
+                    request.get("model", "-"), tokens, (" (%s)" % note) if note else "")
+
+
+# ---------------------------------------------------------------------------
+# Server
+# ---------------------------------------------------------------------------
+
+
+class ShieldServer(http.server.ThreadingHTTPServer):
+    """The threading HTTP server with the settings, counters and shutdown state the handler reads."""
+
+    daemon_threads = True
+    # The stdlib's backlog of 5 refuses bursts of parallel agents.
+    request_queue_size = 1024
+
+    def __init__(self, config, handler=ShieldHandler):
+        self.config = config
+        self.retry_policy = RetryPolicy.from_config(config)
+        self.started = time.monotonic()
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._counters = collections.Counter()  # type: collections.Counter
+        self._active = 0
+        super().__init__((config.host, config.port), handler)
+
+    def count(self, name, amount=1):
+        with self._lock:
+            self._counters[name] += amount
+
+    @contextlib.contextmanager
+    def in_flight(self):
+        with self._lock:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    @property
+    def active(self):
+        with self._lock:
+            return self._active
+
+    def health(self):
+        with self._lock:
+            counters = dict(self._counters)
+            active = self._active
+        return {
+            "status": "ok",
+            "service": SERVICE_NAME,
+            "version": __version__,
+            "pid": os.getpid(),
+            "port": self.server_address[1],
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "upstream": urllib.parse.urlsplit(self.config.endpoint).hostname,
+            "requests": counters.get("requests", 0),
+            "retries": counters.get("retries", 0),
+            "gave_up": counters.get("gave_up", 0),
+            "in_flight": active,
+        }
+
+    def handle_error(self, request, client_address):
+        """Log one line, never a traceback on the user's terminal unless --debug."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, socket.timeout)):
+            logger.debug("client %s: %s", client_address[0], exc.__class__.__name__)
+            return
+        logger.error("internal error serving %s: %r", client_address[0], exc,
+                     exc_info=logger.isEnabledFor(logging.DEBUG))
+
+    def drain(self, grace):
+        """Wait up to ``grace`` seconds for requests in flight to finish."""
+        self.stopping.set()
+        end = time.monotonic() + grace
+        while self.active and time.monotonic() < end:
+            time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+
+def _load_env_file(argv):
+    """Load .env (or --env-file) into os.environ without overriding it; return a warning or None."""
+    args, _ = build_arg_parser().parse_known_args(argv)
+    path = args.env_file or DEFAULT_ENV_FILE
+    if args.env_file and not os.path.isfile(path):
+        raise ConfigError("--env-file %s does not exist; give the path of your .env file" % path)
+    try:
+        from dotenv import load_dotenv
+    except ImportError:
+        return ("python-dotenv is not installed, so %s is not read; settings come from the environment "
+                "only (install it: pip install -r requirements.txt)" % path)
+    if os.path.isfile(path):
+        load_dotenv(path, override=False)
+    return None
+
+
+def _banner(config, server):
+    host, port = server.server_address[:2]
+    logger.info("retry-shield %s listening on http://%s:%d/v1", __version__, host, port)
+    logger.info("upstream: %s%s", redact_url(config.endpoint), " (key set)" if config.api_key else
+                " (client credentials passed through)")
+    if config.forced_model:
+        logger.info("forced model: %s", config.forced_model)
+    logger.info("retries: up to %d, backoff %.1fs doubling to %.0fs, %.0fs per request, %.0fs idle timeout",
+                config.max_retries, config.retry_base_delay, config.retry_max_delay, config.total_timeout,
+                config.upstream_timeout)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        warning = _load_env_file(argv)
+        config = load_config(argv, os.environ)
+    except ConfigError as exc:
+        sys.stderr.write("proxy.py: error: %s\n" % exc)
+        return 2
+    logging.basicConfig(level=config.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if warning:
+        logger.warning("%s", warning)
+    try:
+        server = ShieldServer(config)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            message = "port %d on %s is already in use; stop the other program or set PORT to a free port" % (
+                config.port, config.host)
+        else:
+            message = "cannot listen on %s:%d: %s; check HOST and PORT" % (config.host, config.port,
+                                                                         exc.strerror or exc)
+        sys.stderr.write("proxy.py: error: %s\n" % message)
+        return 2
+
+    def stop(signum, frame):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _banner(config, server)
+    try:
+        server.serve_forever()
+    finally:
+        server.drain(grace=5.0)
+        server.server_close()
+        logger.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
