@@ -21,6 +21,7 @@ import email.utils
 import errno
 import http.client
 import http.server
+import ipaddress
 import json
 import logging
 import os
@@ -56,10 +57,10 @@ DEFAULT_ENV_FILE = os.path.join(HERE, ".env")
 
 OPERATIONS = ("/responses", "/chat/completions")
 READ_CHUNK = 64 * 1024
-# How long a client may take to send its request line, headers and body.
-CLIENT_READ_TIMEOUT = 60.0
 # How often a long upstream read or backoff wait checks that the client is still there.
 CLIENT_CHECK_INTERVAL = 0.25
+# Seconds a stopping server gives requests in flight before it cuts them short.
+SHUTDOWN_GRACE = 5.0
 
 HOP_BY_HOP = frozenset((
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
@@ -152,6 +153,9 @@ class Config:
     max_request_bytes: int = 16 * 1024 * 1024
     max_response_bytes: int = 256 * 1024 * 1024
     log_level: str = "INFO"
+    proxy_api_key: str = ""
+    allowed_origins: Tuple[str, ...] = ()
+    client_timeout: float = 60.0
     env_file: str = DEFAULT_ENV_FILE
 
     @property
@@ -208,6 +212,16 @@ def _number_parser(kind, minimum, strict=False):
     return parse
 
 
+def _parse_origins(name, value):
+    origins = tuple(origin.strip().rstrip("/") for origin in value.split(",") if origin.strip())
+    for origin in origins:
+        parts = urllib.parse.urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise ConfigError("%s has %r, which is not an origin; list origins like http://localhost:3000, "
+                              "separated by commas" % (name, origin))
+    return origins
+
+
 def _parse_log_level(name, value):
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -238,6 +252,12 @@ SETTINGS = (
     Setting("MAX_RESPONSE_BYTES", "max_response_bytes", _number_parser(int, 1),
             "largest upstream answer buffered in memory"),
     Setting("LOG_LEVEL", "log_level", _parse_log_level, "DEBUG, INFO, WARNING or ERROR"),
+    Setting("PROXY_API_KEY", "proxy_api_key", _parse_text,
+            "key clients must send (Bearer or api-key); required when HOST is not loopback"),
+    Setting("ALLOWED_ORIGINS", "allowed_origins", _parse_origins,
+            "comma-separated browser origins allowed to call the proxy (CORS); others get 403"),
+    Setting("CLIENT_TIMEOUT", "client_timeout", _number_parser(float, 0.0, strict=True),
+            "seconds a client may take to send its request; idle connections close after it"),
 )
 
 
@@ -246,7 +266,7 @@ def _settings_help():
     lines = ["settings (environment or .env; an empty value means the default):"]
     for setting in SETTINGS:
         default = getattr(defaults, setting.field)
-        shown = "" if default == "" else " [default: %s]" % (default,)
+        shown = "" if default in ("", ()) else " [default: %s]" % (default,)
         lines.append("  %-18s %s%s" % (setting.env, setting.help, shown))
     return "\n".join(lines)
 
@@ -287,6 +307,9 @@ def load_config(argv, environ):
     if args.env_file:
         values["env_file"] = args.env_file
     config = Config(**values)
+    if not is_loopback_host(config.host) and not config.proxy_api_key:
+        raise ConfigError("HOST=%s is reachable from other machines, which could then spend your API key; "
+                          "set PROXY_API_KEY to a secret clients must send, or use HOST=127.0.0.1" % config.host)
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("RETRY_MAX_DELAY=%s is below RETRY_BASE_DELAY=%s; raise RETRY_MAX_DELAY"
                           % (config.retry_max_delay, config.retry_base_delay))
@@ -294,8 +317,44 @@ def load_config(argv, environ):
 
 
 # ---------------------------------------------------------------------------
-# URL mapping
+# URL mapping and request guards
 # ---------------------------------------------------------------------------
+
+
+def is_loopback_host(host):
+    """Whether ``host`` (a name or address, without port) names this machine's loopback."""
+    host = host.strip().strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(host_header, config):
+    """Whether a request's ``Host`` header names this proxy (a defence against DNS rebinding)."""
+    if host_header is None:
+        return True  # HTTP/1.0 clients; browsers always send Host
+    parts = urllib.parse.urlsplit("//" + host_header.strip())
+    try:
+        name = parts.hostname or ""
+        parts.port
+    except ValueError:
+        return False
+    if is_loopback_host(name):
+        return True
+    if config.host in ("0.0.0.0", "::", ""):
+        return True  # listening everywhere: PROXY_API_KEY is mandatory and does the guarding
+    return name == config.host.strip("[]").lower()
+
+
+def client_key(headers):
+    """The key a client sent as ``Authorization: Bearer`` or ``api-key``, or ""."""
+    auth = headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return headers.get("api-key", "").strip()
 
 
 def operation_of(path):
@@ -341,9 +400,13 @@ def redact_url(url):
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def upstream_headers(client_headers, api_key):
-    # type: (List[Tuple[str, str]], str) -> Dict[str, str]
-    """The headers to send upstream: the client's, minus hop-by-hop ones, with our credentials."""
+def upstream_headers(client_headers, api_key, drop_credentials=False):
+    # type: (List[Tuple[str, str]], str, bool) -> Dict[str, str]
+    """The headers to send upstream: the client's, minus hop-by-hop ones, with our credentials.
+
+    The client's own credentials pass only when no key is configured and they are
+    not the proxy's own key (``drop_credentials``).
+    """
     connection_tokens = {token.strip().lower() for name, value in client_headers
                          if name.lower() == "connection" for token in value.split(",")}
     headers = {}
@@ -351,7 +414,7 @@ def upstream_headers(client_headers, api_key):
         lower = name.lower()
         if lower in NOT_FORWARDED_REQUEST or lower in connection_tokens:
             continue
-        if api_key and lower in CREDENTIAL_HEADERS:
+        if (api_key or drop_credentials) and lower in CREDENTIAL_HEADERS:
             continue
         headers[name] = value
     if api_key:
@@ -765,15 +828,18 @@ def _decoder_for(encoding):
     return None
 
 
-def attempt(config, url, body, headers, protocol, deadline, still_wanted):
-    # type: (Config, str, bytes, Dict[str, str], str, float, Callable[[], bool]) -> UpstreamAnswer
+def attempt(config, url, body, headers, protocol, deadline, still_wanted, open_sockets=None):
+    # type: (Config, str, bytes, Dict[str, str], str, float, Callable[[], bool], Optional[set]) -> UpstreamAnswer
     """Make one upstream attempt and read its whole answer.
 
     Returns an UpstreamAnswer the client may receive; raises UpstreamFailure for
     anything worth another attempt (or a final proxy-side failure), and ClientGone
-    when ``still_wanted()`` turns false while reading.
+    when ``still_wanted()`` turns false while reading. The upstream socket sits in
+    ``open_sockets`` while in use, so a stopping server can cut it short.
     """
+    open_sockets = set() if open_sockets is None else open_sockets
     conn, target = _open_connection(url, config.connect_timeout)
+    sock = response = None
     try:
         try:
             conn.connect()
@@ -783,6 +849,7 @@ def attempt(config, url, body, headers, protocol, deadline, still_wanted):
             raise UpstreamFailure("connect", "cannot connect: %s" % (exc.strerror or exc,)) from None
         sock = conn.sock  # kept: http.client drops conn.sock when the answer is close-delimited
         sock.settimeout(max(0.001, min(config.upstream_timeout, deadline - time.monotonic())))
+        open_sockets.add(sock)
         try:
             conn.request("POST", target, body=body, headers=headers)
             response = conn.getresponse()
@@ -793,6 +860,9 @@ def attempt(config, url, body, headers, protocol, deadline, still_wanted):
                                   % (getattr(exc, "strerror", None) or exc.__class__.__name__,)) from None
         return _read_answer(config, response, sock, protocol, deadline, still_wanted)
     finally:
+        open_sockets.discard(sock)
+        if response is not None:
+            response.close()
         conn.close()
 
 
@@ -894,10 +964,14 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server_version = "retry-shield/" + __version__
-    timeout = CLIENT_READ_TIMEOUT
     error_content_type = "application/json"
+    cors_headers = ()  # type: Tuple[Tuple[str, str], ...]
 
     # -- stdlib hooks -------------------------------------------------------
+
+    def setup(self):
+        self.timeout = self.server.config.client_timeout  # a slow client cannot hold a thread forever
+        super().setup()
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         logger.debug("%s %s", self.address_string(), format % args)
@@ -909,7 +983,10 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = urllib.parse.urlsplit(self.path).path
-        if path.rstrip("/") == "/health":
+        is_health = path.rstrip("/") == "/health"
+        if not self._guard(needs_key=not is_health):
+            return
+        if is_health:
             self._send_json(200, json.dumps(self.server.health()).encode("utf-8"))
         elif operation_of(path) == "/models":
             self._forward_models()
@@ -918,6 +995,9 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         started = time.monotonic()
+        if not self._guard():
+            self._drain_small_body()
+            return
         split = urllib.parse.urlsplit(self.path)
         operation = operation_of(split.path)
         if operation not in OPERATIONS:
@@ -934,12 +1014,51 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         with self.server.in_flight():
             self._shield(operation, split.query, request, started)
 
+    def do_OPTIONS(self):
+        """CORS preflight: answered only for origins in ALLOWED_ORIGINS."""
+        if not self._guard(needs_key=False):
+            return
+        requested = self.headers.get("Access-Control-Request-Headers", "")
+        allow = [("Allow", "GET, POST, OPTIONS")]
+        if self.cors_headers:
+            allow += [("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                      ("Access-Control-Allow-Headers", requested or "authorization, api-key, content-type"),
+                      ("Access-Control-Max-Age", "600")]
+        self._send(204, "text/plain", b"", allow)
+
     def do_PUT(self):
-        self._route_error()
+        if self._guard(needs_key=False):
+            self._route_error()
 
     do_DELETE = do_PATCH = do_HEAD = do_PUT
 
-    # -- routing --------------------------------------------------------------
+    # -- guards and routing -----------------------------------------------------
+
+    def _guard(self, needs_key=True):
+        """Refuse requests from web pages, rebound host names and, with PROXY_API_KEY, strangers."""
+        config = self.server.config
+        if not host_allowed(self.headers.get("Host"), config):
+            self._refuse(403, "Host %r is not this proxy; use http://127.0.0.1:%d"
+                         % (self.headers.get("Host"), self.server.server_address[1]), "host_not_allowed")
+            return False
+        origin = self.headers.get("Origin")
+        if origin is not None:
+            if origin.rstrip("/") not in config.allowed_origins:
+                self._refuse(403, "origin %r is not allowed; add it to ALLOWED_ORIGINS to let that page "
+                             "call the proxy" % origin, "origin_not_allowed")
+                return False
+            self.cors_headers = (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
+        if needs_key and config.proxy_api_key and client_key(self.headers) != config.proxy_api_key:
+            self._refuse(401, "missing or wrong proxy key; send PROXY_API_KEY as Authorization: Bearer KEY "
+                         "or api-key", "invalid_proxy_key")
+            return False
+        return True
+
+    def _refuse(self, status, message, code):
+        self.server.count("refused")
+        logger.warning("refused %s %s from %s: %s", self.command, urllib.parse.urlsplit(self.path).path,
+                       self.client_address[0], code)
+        self._send_json(status, json_error_body(message, "invalid_request_error", code=code), close=True)
 
     def _route_error(self):
         path = urllib.parse.urlsplit(self.path).path
@@ -1021,7 +1140,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             request["model"] = config.forced_model
         body = json.dumps(request, ensure_ascii=False).encode("utf-8")
         url = upstream_url(config.endpoint, operation, query)
-        headers = upstream_headers(self.headers.items(), config.api_key)
+        headers = upstream_headers(self.headers.items(), config.api_key, drop_credentials=bool(config.proxy_api_key))
         protocol = "responses" if operation == "/responses" else "chat"
         policy = self.server.retry_policy
         deadline = started + config.total_timeout
@@ -1029,13 +1148,16 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         while True:
             attempts += 1
             try:
-                answer = attempt(config, url, body, headers, protocol, deadline, self._client_present)
+                answer = attempt(config, url, body, headers, protocol, deadline, self._client_present,
+                                 self.server.upstream_sockets)
             except ClientGone:
                 self._log_summary(499, attempts, 0, started, request, None, "client gone")
                 self.close_connection = True
                 return
             except UpstreamFailure as failure:
                 wait = policy.next_wait(failure, attempts, time.monotonic() - started)
+                if self.server.stopping.is_set():
+                    wait = None
                 if wait is None:
                     logger.warning("attempt %d/%d failed: %s; giving up", attempts, config.max_attempts,
                                    failure.detail)
@@ -1044,7 +1166,11 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
                 logger.warning("attempt %d/%d failed: %s; retrying in %.1f s", attempts, config.max_attempts,
                                failure.detail, wait)
                 self.server.count("retries")
-                if not self._wait_for_retry(wait):
+                outcome = self._wait_for_retry(wait)
+                if outcome == "stopping":
+                    self._give_up(failure, attempts, started, request)
+                    return
+                if outcome == "gone":
                     self._log_summary(499, attempts, 0, started, request, None, "client gone")
                     self.close_connection = True
                     return
@@ -1063,16 +1189,16 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             return False
 
     def _wait_for_retry(self, seconds):
-        """Sleep ``seconds`` unless the client leaves or the server stops; True if still wanted."""
+        """Sleep ``seconds`` unless the client leaves or the server stops: "go", "gone" or "stopping"."""
         end = time.monotonic() + seconds
         while True:
             remaining = end - time.monotonic()
             if remaining <= 0:
-                return True
+                return "go"
             if self.server.stopping.wait(min(remaining, CLIENT_CHECK_INTERVAL)):
-                return False
+                return "stopping"
             if not self._client_present():
-                return False
+                return "gone"
 
     def _deliver(self, answer, wants_stream, attempts, started, request):
         verdict = answer.verdict
@@ -1126,7 +1252,8 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         url = upstream_url(config.endpoint, "/models", urllib.parse.urlsplit(self.path).query)
         conn, target = _open_connection(url, config.connect_timeout)
         try:
-            headers = upstream_headers(self.headers.items(), config.api_key)
+            headers = upstream_headers(self.headers.items(), config.api_key,
+                                       drop_credentials=bool(config.proxy_api_key))
             conn.request("GET", target, headers=headers)
             conn.sock.settimeout(config.upstream_timeout)
             response = conn.getresponse()
@@ -1152,7 +1279,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
-            for name, value in extra:
+            for name, value in list(extra) + list(self.cors_headers):
                 self.send_header(name, value)
             if close:
                 self.send_header("Connection", "close")
@@ -1184,8 +1311,9 @@ class ShieldServer(http.server.ThreadingHTTPServer):
     """The threading HTTP server with the settings, counters and shutdown state the handler reads."""
 
     daemon_threads = True
+    block_on_close = False  # drain() waits for requests in flight; idle keep-alive threads need no join
     # The stdlib's backlog of 5 refuses bursts of parallel agents.
-    request_queue_size = 1024
+    request_queue_size = 4096
 
     def __init__(self, config, handler=ShieldHandler):
         self.config = config
@@ -1195,6 +1323,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._counters = collections.Counter()  # type: collections.Counter
         self._active = 0
+        self.upstream_sockets = set()  # type: set
         super().__init__((config.host, config.port), handler)
 
     def count(self, name, amount=1):
@@ -1244,9 +1373,22 @@ class ShieldServer(http.server.ThreadingHTTPServer):
                      exc_info=logger.isEnabledFor(logging.DEBUG))
 
     def drain(self, grace):
-        """Wait up to ``grace`` seconds for requests in flight to finish."""
+        """Let requests in flight finish within ``grace`` seconds, then cut their upstream reads short.
+
+        Backoff waits end at once (the client gets the last failure); a request still
+        reading after ``grace`` has its upstream socket shut, so it too answers with a
+        clean error instead of a dropped connection.
+        """
         self.stopping.set()
         end = time.monotonic() + grace
+        while self.active and time.monotonic() < end:
+            time.sleep(0.05)
+        for sock in list(self.upstream_sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        end = time.monotonic() + 1.0
         while self.active and time.monotonic() < end:
             time.sleep(0.05)
 
@@ -1254,6 +1396,22 @@ class ShieldServer(http.server.ThreadingHTTPServer):
 # ---------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------
+
+
+class SecretFilter(logging.Filter):
+    """Masks the configured keys in every log record, whatever code wrote it."""
+
+    def __init__(self, secrets):
+        super().__init__()
+        self.secrets = [secret for secret in secrets if secret]
+
+    def filter(self, record):
+        message = record.getMessage()
+        if any(secret in message for secret in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
 
 
 def _load_env_file(argv):
@@ -1294,6 +1452,8 @@ def main(argv=None):
         return 2
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretFilter((config.api_key, config.proxy_api_key)))
     if warning:
         logger.warning("%s", warning)
     try:
@@ -1317,8 +1477,8 @@ def main(argv=None):
     try:
         server.serve_forever()
     finally:
-        server.drain(grace=5.0)
-        server.server_close()
+        server.server_close()  # refuse new connections while the ones in flight finish
+        server.drain(grace=SHUTDOWN_GRACE)
         logger.info("stopped")
     return 0
 
