@@ -1288,8 +1288,22 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             if self.command != "HEAD":
                 self.wfile.write(payload)
             self.wfile.flush()
+            if close:
+                self._linger()
         except (ConnectionError, socket.timeout):
             self.close_connection = True
+
+    def _linger(self):
+        """Read and drop what the client still sends, briefly, so closing does not reset the
+        connection before it has read the error (a kernel sends RST over unread data)."""
+        self.connection.shutdown(socket.SHUT_WR)
+        self.connection.settimeout(0.2)
+        end = time.monotonic() + 1.0
+        try:
+            while time.monotonic() < end and self.connection.recv(65536):
+                pass
+        except OSError:
+            pass
 
     def _log_summary(self, status, attempts, size, started, request, usage, note=""):
         tokens = ""
@@ -1437,6 +1451,9 @@ def _banner(config, server):
                 " (client credentials passed through)")
     if config.forced_model:
         logger.info("forced model: %s", config.forced_model)
+    if not is_loopback_host(host):
+        logger.warning("listening on %s: other machines can reach this proxy; clients must send PROXY_API_KEY",
+                       host)
     logger.info("retries: up to %d, backoff %.1fs doubling to %.0fs, %.0fs per request, %.0fs idle timeout",
                 config.max_retries, config.retry_base_delay, config.retry_max_delay, config.total_timeout,
                 config.upstream_timeout)
