@@ -87,6 +87,8 @@ HINT_IN_MESSAGE = re.compile(
     re.IGNORECASE,
 )
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+EVENT_TYPE = re.compile(rb'"type"\s*:\s*"([^"]+)"')
+FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
 
 # ---------------------------------------------------------------------------
 # Exceptions
@@ -441,7 +443,7 @@ class StreamVerdict(NamedTuple):
     detail: str = ""
     error: Optional[dict] = None
     usage: Optional[dict] = None
-    terminal: bytes = b""  # the terminal event's JSON (Responses) for non-streaming clients
+    terminal: Optional[Tuple[int, int]] = None  # where the terminal event's JSON sits in the buffer (Responses)
 
     COMPLETE = "complete"
     INCOMPLETE = "incomplete"
@@ -501,22 +503,30 @@ class StreamInspector:
         if self.error is None:
             self._search_errors()
 
-    def _search_errors(self):
+    def _search_errors(self, final=False):
+        """Judge each new ``error"`` that is not ``"error": null``; wait for more bytes when cut short."""
         buf = self.buffer
-        find = buf.find
-        pos = find(self.ERROR_MARK, self._searched)
+        mark = self.ERROR_MARK
+        pos = buf.find(mark, self._searched)
         while pos >= 0:
-            line_end = find(b"\n", pos)
-            if line_end < 0:  # judge the line when it is complete
-                self._searched = buf.rfind(b"\n", 0, pos) + 1
+            value = pos + len(mark)
+            if value + 6 > len(buf) and not final:
+                self._searched = pos
                 return
-            after = bytes(buf[pos + 6:pos + 12]).lstrip(b": ")
-            if not after.startswith(b"null"):
-                self._judge_error_line(bytes(buf[buf.rfind(b"\n", 0, pos) + 1:line_end]).rstrip(b"\r"))
+            if not bytes(buf[value:value + 6]).lstrip(b": ").startswith(b"null"):
+                line_end = buf.find(b"\n", value)
+                if line_end < 0:
+                    if not final:
+                        self._searched = pos
+                        return
+                    line_end = len(buf)
+                line_start = buf.rfind(b"\n", 0, pos) + 1
+                self._judge_error_line(bytes(buf[line_start:line_end]).rstrip(b"\r"))
                 if self.error is not None:
                     return
-            pos = find(self.ERROR_MARK, line_end)
-        self._searched = max(self._searched, len(buf) - len(self.ERROR_MARK) + 1)
+                pos = line_end
+            pos = buf.find(mark, pos + 1)
+        self._searched = max(self._searched, len(buf) - len(mark) + 1)
 
     def _judge_error_line(self, line):
         event = _data_json(line)
@@ -533,7 +543,7 @@ class StreamInspector:
         # type: () -> StreamVerdict
         """Judge the stream as it stands: call once the upstream has finished sending."""
         if self.error is None:
-            self._search_errors_to_end()
+            self._search_errors(final=True)
         if self.error is not None:
             outcome = StreamVerdict.FAILED if is_final_error(self.error) else StreamVerdict.RETRY
             return StreamVerdict(outcome, "error event: " + _error_text(self.error), error=self.error)
@@ -541,81 +551,88 @@ class StreamInspector:
             return self._responses_verdict()
         return self._chat_verdict()
 
-    def _search_errors_to_end(self):
-        if not self.buffer.endswith(b"\n"):
-            self.buffer += b"\n"  # a last line without newline is still a line
-            self._search_errors()
-            del self.buffer[-1]
-        else:
-            self._search_errors()
-
     def _last_lines(self, limit):
-        """Up to ``limit`` last non-empty lines, newest first (bytes, without line ends)."""
+        """Spans (start, end) of up to ``limit`` last non-empty, non-comment lines, newest first.
+
+        Spans, not copies: the last line of a long answer can be megabytes long.
+        """
         buf = self.buffer
         end = len(buf)
-        lines = []
-        while end > 0 and len(lines) < limit:
-            start = buf.rfind(b"\n", 0, end) + 1
-            line = bytes(buf[start:end]).strip()
-            if line and not line.startswith(b":"):
-                lines.append(line)
-            end = start - 1
-        return lines
+        spans = []
+        while end > 0 and len(spans) < limit:
+            line_start = buf.rfind(b"\n", 0, end) + 1
+            start, stop = line_start, end
+            while start < stop and buf[start] in b" \t\r":
+                start += 1
+            while stop > start and buf[stop - 1] in b" \t\r":
+                stop -= 1
+            if stop > start and buf[start] != ord(":"):
+                spans.append((start, stop))
+            end = line_start - 1
+        return spans
+
+    def _head(self, span, size):
+        return bytes(self.buffer[span[0]:min(span[1], span[0] + size)])
+
+    def _data_spans(self, spans):
+        """The spans of ``data:`` lines, and whether the newest one is ``[DONE]``."""
+        data = [span for span in spans if self._head(span, 5) == b"data:"]
+        done = bool(data) and self._head(data[0], 16)[5:].strip() == b"[DONE]"
+        return data, done
 
     def _responses_verdict(self):
-        lines = self._last_lines(6)
-        data = next((line for line in lines if line.startswith(b"data:") and line[5:].strip() != b"[DONE]"), b"")
-        name = _event_name(lines, data)
+        spans = self._last_lines(6)
+        data, done = self._data_spans(spans)
+        if done:
+            data = data[1:]  # some servers add [DONE] after the terminal event
+        if not data:
+            return StreamVerdict(StreamVerdict.UNFINISHED, "stream ended without response.completed")
+        line = data[0]
+        name = self._event_name(spans, line)
         if name not in TERMINAL_EVENTS:
             return StreamVerdict(StreamVerdict.UNFINISHED, "stream ended without response.completed")
-        payload = data[5:].strip()
-        usage = _usage_from(payload, b'"usage"')
+        payload = (line[0] + 5, line[1])
+        usage = self._usage(payload)
         if name == b"response.completed":
             return StreamVerdict(StreamVerdict.COMPLETE, "completed", usage=usage, terminal=payload)
         if name == b"response.incomplete":
             return StreamVerdict(StreamVerdict.INCOMPLETE, "incomplete", usage=usage, terminal=payload)
-        event = _data_json(data) or {}
+        event = _data_json(bytes(self.buffer[line[0]:line[1]])) or {}
         response = event.get("response") if isinstance(event.get("response"), dict) else {}
         error = response.get("error") if isinstance(response.get("error"), dict) else {"code": None}
         outcome = StreamVerdict.FAILED if is_final_error(error) else StreamVerdict.RETRY
         return StreamVerdict(outcome, "response.failed: " + _error_text(error), error=error,
                              usage=usage, terminal=payload)
 
+    def _event_name(self, spans, data):
+        """The name of the event whose data line is ``data``: its ``event:`` line, else the data's type."""
+        index = spans.index(data)
+        if index + 1 < len(spans) and self._head(spans[index + 1], 6) == b"event:":
+            return self._head(spans[index + 1], 64)[6:].strip()
+        match = EVENT_TYPE.search(self.buffer, data[0], min(data[1], data[0] + 512))
+        return match.group(1) if match else None
+
+    def _usage(self, span):
+        """The usage object in a JSON line, found from its end so the output text is not parsed."""
+        pos = self.buffer.rfind(b'"usage"', span[0], span[1])
+        if pos < 0:
+            return None
+        text = bytes(self.buffer[pos + 7:span[1]]).lstrip(b" :").decode("utf-8", "replace")
+        try:
+            usage, _ = json.JSONDecoder().raw_decode(text)
+        except ValueError:
+            return None
+        return usage if isinstance(usage, dict) else None
+
     def _chat_verdict(self):
-        lines = self._last_lines(64)
-        data_lines = [line for line in lines if line.startswith(b"data:")]
-        if not data_lines or data_lines[0][5:].strip() != b"[DONE]":
+        data, done = self._data_spans(self._last_lines(64))
+        if not done:
             return StreamVerdict(StreamVerdict.UNFINISHED, "stream ended without data: [DONE]")
-        finish = re.compile(rb'"finish_reason"\s*:\s*"')
-        if not any(finish.search(line) for line in data_lines[1:]):
+        if not any(FINISH_REASON.search(self.buffer, start, end) for start, end in data[1:]):
             return StreamVerdict(StreamVerdict.UNFINISHED, "stream ended without a finish_reason")
-        usage = next((_usage_from(line, b'"usage"') for line in data_lines[1:3] if b'"usage"' in line), None)
+        usage = next((self._usage(span) for span in data[1:3]
+                      if self.buffer.find(b'"usage"', span[0], span[1]) >= 0), None)
         return StreamVerdict(StreamVerdict.COMPLETE, "completed", usage=usage)
-
-
-def _event_name(lines, data):
-    """The name of the event whose data line is ``data``: its ``event:`` line, else the data's type."""
-    for index, line in enumerate(lines):
-        if line is data:
-            before = lines[index + 1] if index + 1 < len(lines) else b""
-            if before.startswith(b"event:"):
-                return before[6:].strip()
-            break
-    match = re.search(rb'"type"\s*:\s*"([^"]+)"', data)
-    return match.group(1) if match else None
-
-
-def _usage_from(payload, key):
-    """The usage object in a JSON payload, found from its end so the output text is not parsed."""
-    pos = payload.rfind(key)
-    if pos < 0:
-        return None
-    text = payload[pos + len(key):].lstrip(b" :").decode("utf-8", "replace")
-    try:
-        usage, _ = json.JSONDecoder().raw_decode(text)
-    except ValueError:
-        return None
-    return usage if isinstance(usage, dict) else None
 
 
 def iter_sse_data(body):
@@ -1227,7 +1244,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             status = 429 if (verdict.error or {}).get("code") == "insufficient_quota" else 400
             return status, json.dumps({"error": verdict.error}).encode("utf-8")
         if verdict.terminal:  # Responses: the response object of the terminal event
-            event = json.loads(verdict.terminal)
+            event = json.loads(answer.body[verdict.terminal[0]:verdict.terminal[1]])
             return 200, json.dumps(event.get("response", event), ensure_ascii=False).encode("utf-8")
         return 200, json.dumps(assemble_chat_completion(answer.body), ensure_ascii=False).encode("utf-8")
 
