@@ -164,6 +164,11 @@ class Config:
     def max_attempts(self):
         return self.max_retries + 1
 
+    @property
+    def secrets(self):
+        """The keys that must never be written anywhere."""
+        return tuple(key for key in (self.api_key, self.proxy_api_key) if key)
+
 
 class Setting(NamedTuple):
     env: str
@@ -1292,6 +1297,9 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         self._send(status, "application/json", payload, list(extra), close=close)
 
     def _send(self, status, content_type, payload, extra, close=False):
+        if status >= 400:  # an upstream that echoes the key in its error must not pass it on
+            for secret in self.server.config.secrets:
+                payload = payload.replace(secret.encode("utf-8"), b"***")
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -1434,7 +1442,7 @@ class SecretFilter(logging.Filter):
 
     def __init__(self, secrets):
         super().__init__()
-        self.secrets = [secret for secret in secrets if secret]
+        self.secrets = secrets
 
     def filter(self, record):
         message = record.getMessage()
@@ -1487,7 +1495,7 @@ def main(argv=None):
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for handler in logging.getLogger().handlers:
-        handler.addFilter(SecretFilter((config.api_key, config.proxy_api_key)))
+        handler.addFilter(SecretFilter(config.secrets))
     if warning:
         logger.warning("%s", warning)
     try:
