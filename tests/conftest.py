@@ -1,0 +1,61 @@
+"""Shared servers: the scripted fake upstream and the real proxy, both on 127.0.0.1:0."""
+
+import threading
+
+import pytest
+
+import proxy
+from tests.fake_upstream import FakeUpstream
+
+FAST_SETTINGS = {
+    "PORT": "0",
+    "HOST": "127.0.0.1",
+    "RETRY_BASE_DELAY": "0.01",
+    "RETRY_MAX_DELAY": "0.05",
+    "UPSTREAM_TIMEOUT": "2",
+    "CONNECT_TIMEOUT": "2",
+    "TOTAL_TIMEOUT": "20",
+}
+
+
+@pytest.fixture
+def upstream():
+    with FakeUpstream() as fake:
+        yield fake
+
+
+class RunningProxy:
+    def __init__(self, config):
+        self.config = config
+        self.server = proxy.ShieldServer(config)
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d" % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.stopping.set()
+        self.server.server_close()
+
+
+@pytest.fixture
+def make_proxy():
+    """make_proxy(upstream, **settings): a real proxy in this process; settings are env names (None removes)."""
+    running = []
+
+    def make(upstream, **settings):
+        environ = dict(FAST_SETTINGS, AZURE_ENDPOINT=upstream.url + "/v1")
+        for name, value in settings.items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
+        shield = RunningProxy(proxy.load_config([], environ))
+        running.append(shield)
+        return shield
+
+    yield make
+    for shield in running:
+        shield.stop()

@@ -1,0 +1,314 @@
+"""The shield end to end: real proxy, scripted upstream, real sockets.
+
+For every failure kind that is retried, the client receives exactly the good attempt's
+bytes and the upstream saw exactly the planned attempts; for every kind that is final,
+one attempt, passed to the client as the upstream sent it.
+"""
+
+import json
+import threading
+import time
+
+import pytest
+
+from tests.fake_upstream import (body_for, cut, error_event, failed, good, incomplete, json_error, no_terminator, reset,
+                                 stall, status)
+from tests.test_security import request
+
+PROTOCOLS = {"responses": "/v1/responses", "chat": "/v1/chat/completions"}
+
+
+def streamed(port, path, body=None, headers=None):
+    payload = dict(body or {"model": "gpt-test", "input": "hi", "messages": [{"role": "user", "content": "hi"}]})
+    payload["stream"] = True
+    return request(port, path=path, body=json.dumps(payload).encode(), headers=headers)
+
+
+RETRIED = {
+    "connection reset": reset(),
+    "429": status(429),
+    "408": status(408),
+    "409": status(409),
+    "500": status(500),
+    "502": status(502),
+    "503": status(503),
+    "504": status(504),
+    "stall before headers": stall(3.0),
+    "stall mid-stream": stall(3.0, after_bytes=200),
+    "cut chunked": cut(300, framing="chunked"),
+    "cut short content-length": cut(300, framing="length"),
+    "no terminator": no_terminator(),
+    "error event in 200": error_event(code="server_error", message="The server had an error"),
+    "retryable response.failed": failed(code="server_error"),
+    "JSON error in 200": json_error(status=200, code="server_error", message="overloaded"),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("kind", sorted(RETRIED))
+def test_retried_then_exact_good_bytes(upstream, make_proxy, protocol, kind):
+    upstream.plan(RETRIED[kind], RETRIED[kind], good(text="the whole answer"))
+    shield = make_proxy(upstream, UPSTREAM_TIMEOUT="0.5")
+    status_code, headers, body = streamed(shield.port, PROTOCOLS[protocol])
+    assert status_code == 200
+    assert headers["content-type"].startswith("text/event-stream")
+    assert body == upstream.sent[-1], "the client must get the good attempt byte for byte"
+    assert body == body_for(good(text="the whole answer"), protocol)
+    assert upstream.attempts == 3
+
+
+FINAL_STATUSES = [400, 401, 403, 404, 413, 422]
+
+
+@pytest.mark.parametrize("code", FINAL_STATUSES)
+def test_final_statuses_pass_through_at_once(upstream, make_proxy, code):
+    body = {"error": {"message": "nope %d" % code, "type": "invalid_request_error", "code": "x%d" % code}}
+    upstream.plan(status(code, body=body, headers={"x-request-id": "req-1"}))
+    shield = make_proxy(upstream)
+    status_code, headers, received = streamed(shield.port, PROTOCOLS["responses"])
+    assert status_code == code
+    assert json.loads(received) == body
+    assert headers["x-request-id"] == "req-1"
+    assert upstream.attempts == 1
+
+
+@pytest.mark.parametrize("protocol", sorted(PROTOCOLS))
+@pytest.mark.parametrize("code", ["context_length_exceeded", "insufficient_quota", "invalid_prompt"])
+def test_final_stream_errors_pass_through_at_once(upstream, make_proxy, protocol, code):
+    upstream.plan(failed(code=code, message="final " + code))
+    shield = make_proxy(upstream)
+    status_code, _, body = streamed(shield.port, PROTOCOLS[protocol])
+    assert status_code == 200 and body == upstream.sent[-1]
+    assert code.encode() in body
+    assert upstream.attempts == 1
+
+
+def test_response_incomplete_is_a_legitimate_end(upstream, make_proxy):
+    upstream.plan(incomplete(reason="max_output_tokens"))
+    shield = make_proxy(upstream)
+    status_code, _, body = streamed(shield.port, PROTOCOLS["responses"])
+    assert status_code == 200 and body == upstream.sent[-1] and b"response.incomplete" in body
+    assert upstream.attempts == 1
+
+
+def test_final_error_event_code_is_not_retried(upstream, make_proxy):
+    upstream.plan(error_event(code="context_length_exceeded", message="too long"))
+    shield = make_proxy(upstream)
+    status_code, _, body = streamed(shield.port, PROTOCOLS["responses"])
+    assert status_code == 200 and body == upstream.sent[-1]
+    assert upstream.attempts == 1
+
+
+def attempt_gaps(upstream):
+    times = [seen.time for seen in upstream.requests if seen.method == "POST"]
+    return [later - earlier for earlier, later in zip(times, times[1:])]
+
+
+@pytest.mark.parametrize("headers, message, expected", [
+    ({"retry-after-ms": "600"}, "", 0.6),
+    ({"Retry-After": "1"}, "", 1.0),
+    ({"x-ratelimit-reset-requests": "700ms"}, "", 0.7),
+    ({"x-ratelimit-reset-tokens": "0m0.8s"}, "", 0.8),
+    ({}, "Rate limit reached. Please try again in 0.9s.", 0.9),
+])
+def test_retry_hints_are_honoured(upstream, make_proxy, headers, message, expected):
+    body = {"error": {"message": message or "slow down", "code": "rate_limit_exceeded"}}
+    upstream.plan(status(429, body=body, headers=headers), good())
+    shield = make_proxy(upstream, RETRY_BASE_DELAY="0.01", RETRY_MAX_DELAY="0.02")
+    assert streamed(shield.port, PROTOCOLS["responses"])[0] == 200
+    (gap,) = attempt_gaps(upstream)
+    assert expected <= gap < expected + 1.0
+
+
+def test_retry_after_http_date_is_honoured(upstream, make_proxy):
+    from email.utils import formatdate
+    # HTTP dates have one-second resolution: ask for 2 s from now, expect more than 1 s.
+    upstream.plan(status(429, headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)}), good())
+    shield = make_proxy(upstream, RETRY_BASE_DELAY="0.01", RETRY_MAX_DELAY="0.02")
+    assert streamed(shield.port, PROTOCOLS["responses"])[0] == 200
+    (gap,) = attempt_gaps(upstream)
+    assert 1.0 <= gap < 3.5
+
+
+def test_backoff_is_progressive(upstream, make_proxy):
+    upstream.plan(status(500), status(500), status(500), good())
+    shield = make_proxy(upstream, RETRY_BASE_DELAY="0.2", RETRY_MAX_DELAY="10")
+    assert streamed(shield.port, PROTOCOLS["chat"])[0] == 200
+    gaps = attempt_gaps(upstream)
+    # Waits of 0.2, 0.4, 0.8 s, each jittered down by at most 25%.
+    for gap, ceiling in zip(gaps, (0.2, 0.4, 0.8)):
+        assert ceiling * 0.75 <= gap < ceiling + 0.5
+    assert gaps[2] > gaps[0]
+
+
+def test_give_up_with_last_upstream_status(upstream, make_proxy):
+    body = {"error": {"message": "busy", "code": "rate_limit_exceeded"}}
+    upstream.plan(status(429, body=body, headers={"Retry-After": "0"}))
+    shield = make_proxy(upstream, MAX_RETRIES="2")
+    status_code, headers, received = streamed(shield.port, PROTOCOLS["responses"])
+    assert status_code == 429 and json.loads(received) == body and headers["retry-after"] == "0"
+    assert upstream.attempts == 3
+
+
+@pytest.mark.parametrize("outcome, expected_status, kind", [
+    (reset(), 502, "reset"),
+    (cut(100), 502, "cut"),
+    (stall(5.0), 504, "timeout"),
+    (error_event(code="server_error"), 502, "stream_error"),
+])
+def test_give_up_format(upstream, make_proxy, outcome, expected_status, kind):
+    upstream.plan(outcome)
+    shield = make_proxy(upstream, MAX_RETRIES="1", UPSTREAM_TIMEOUT="0.3")
+    status_code, headers, received = streamed(shield.port, PROTOCOLS["responses"])
+    assert status_code == expected_status
+    assert headers["content-type"] == "application/json"
+    error = json.loads(received)["error"]
+    assert error["type"] == "proxy_error" and error["attempts"] == 2 and error["code"] == kind
+    assert error["last_failure"] and error["message"]
+    assert upstream.attempts == 2
+
+
+def test_connection_refused_gives_502(make_proxy):
+    class Nowhere:  # a port nobody listens on
+        import socket
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            url = "http://127.0.0.1:%d" % sock.getsockname()[1]
+    shield = make_proxy(Nowhere, MAX_RETRIES="2")
+    status_code, _, received = streamed(shield.port, PROTOCOLS["chat"])
+    error = json.loads(received)["error"]
+    assert status_code == 502 and error["code"] == "connect" and error["attempts"] == 3
+
+
+def test_give_up_within_total_timeout(upstream, make_proxy):
+    upstream.plan(status(503))
+    shield = make_proxy(upstream, MAX_RETRIES="100", RETRY_BASE_DELAY="0.3", RETRY_MAX_DELAY="0.3",
+                        TOTAL_TIMEOUT="2")
+    started = time.monotonic()
+    status_code, _, _ = streamed(shield.port, PROTOCOLS["responses"])
+    elapsed = time.monotonic() - started
+    assert status_code == 503
+    assert elapsed < 2.0
+    assert 3 <= upstream.attempts < 10
+
+
+def test_total_timeout_bounds_a_slow_attempt(upstream, make_proxy):
+    upstream.plan(stall(10.0, after_bytes=100))
+    shield = make_proxy(upstream, UPSTREAM_TIMEOUT="30", TOTAL_TIMEOUT="1")
+    started = time.monotonic()
+    status_code, _, received = streamed(shield.port, PROTOCOLS["responses"])
+    assert status_code == 504 and json.loads(received)["error"]["type"] == "proxy_error"
+    assert time.monotonic() - started < 3.0
+
+
+def test_stream_is_forced_and_model_overridden(upstream, make_proxy):
+    shield = make_proxy(upstream, FORCED_MODEL="gpt-forced")
+    body = {"model": "gpt-mine", "input": "hi", "temperature": 0.3, "metadata": {"k": "v"}}
+    request(shield.port, body=json.dumps(body).encode())
+    assert upstream.requests[-1].json == dict(body, model="gpt-forced", stream=True)
+
+
+def test_body_unchanged_without_forced_model(upstream, make_proxy):
+    shield = make_proxy(upstream)
+    body = {"model": "gpt-mine", "messages": [{"role": "user", "content": "héllo"}], "stream": False}
+    request(shield.port, path="/chat/completions", body=json.dumps(body).encode())
+    assert upstream.requests[-1].json == dict(body, stream=True)
+    assert upstream.requests[-1].path == "/v1/chat/completions"
+
+
+def test_credentials_replaced_when_key_set(upstream, make_proxy):
+    shield = make_proxy(upstream, AZURE_API_KEY="sk-real")
+    streamed(shield.port, PROTOCOLS["responses"], headers={"Authorization": "Bearer dummy", "api-key": "dummy",
+                                                           "OpenAI-Beta": "responses=v1"})
+    seen = upstream.requests[-1].headers
+    assert seen["authorization"] == "Bearer sk-real" and seen["api-key"] == "sk-real"
+    assert seen["openai-beta"] == "responses=v1"
+    assert seen["accept-encoding"] == "identity"
+
+
+def test_credentials_pass_through_without_key(upstream, make_proxy):
+    shield = make_proxy(upstream, AZURE_API_KEY=None)
+    streamed(shield.port, PROTOCOLS["responses"], headers={"Authorization": "Bearer client-key"})
+    seen = upstream.requests[-1].headers
+    assert seen["authorization"] == "Bearer client-key" and "api-key" not in seen
+
+
+def test_full_operation_endpoint_receives_every_post(upstream, make_proxy):
+    endpoint = upstream.url + "/openai/deployments/gpt/chat/completions?api-version=2024-10-21"
+    shield = make_proxy(upstream, AZURE_ENDPOINT=endpoint)
+    streamed(shield.port, PROTOCOLS["chat"])
+    seen = upstream.requests[-1]
+    assert seen.path == "/openai/deployments/gpt/chat/completions" and seen.query == "api-version=2024-10-21"
+
+
+def test_gzip_answer_is_decoded(upstream, make_proxy):
+    upstream.plan(good(text="zipped answer", gzip=True))
+    shield = make_proxy(upstream)
+    status_code, headers, body = streamed(shield.port, PROTOCOLS["responses"])
+    assert status_code == 200 and b"zipped" in body and b"response.completed" in body
+    assert "content-encoding" not in headers
+
+
+def test_answer_over_max_response_bytes_is_abandoned(upstream, make_proxy):
+    upstream.plan(good(text="x " * 20000))
+    shield = make_proxy(upstream, MAX_RESPONSE_BYTES="10000")
+    status_code, _, received = streamed(shield.port, PROTOCOLS["responses"])
+    error = json.loads(received)["error"]
+    assert status_code == 502 and "MAX_RESPONSE_BYTES" in error["message"]
+    assert upstream.attempts == 1
+
+
+def test_models_forwarded_once(upstream, make_proxy):
+    shield = make_proxy(upstream)
+    status_code, _, body = request(shield.port, "GET", "/v1/models", body=None)
+    assert status_code == 200 and json.loads(body)["data"]
+    assert [seen.path for seen in upstream.requests] == ["/v1/models"]
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(upstream, make_proxy):
+    import http.client
+    shield = make_proxy(upstream)
+    conn = http.client.HTTPConnection("127.0.0.1", shield.port, timeout=30)
+    for _ in range(3):
+        conn.request("POST", "/v1/responses", body=json.dumps({"model": "m", "input": "x", "stream": True}))
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == upstream.sent[-1]
+    conn.close()
+
+
+def test_client_gone_stops_retrying(upstream, make_proxy):
+    import socket
+    upstream.plan(status(503))
+    shield = make_proxy(upstream, RETRY_BASE_DELAY="0.5", RETRY_MAX_DELAY="0.5", MAX_RETRIES="50")
+    payload = json.dumps({"model": "m", "input": "x", "stream": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", shield.port))
+    sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+                 % (len(payload), payload))
+    upstream.wait_attempts(1, timeout=10)
+    sock.close()
+    deadline = time.monotonic() + 10  # a proxy that kept retrying would stay busy for 25 s
+    while json.loads(request(shield.port, "GET", "/health", body=None)[2])["in_flight"]:
+        assert time.monotonic() < deadline, "the proxy kept retrying for a client that left"
+        time.sleep(0.05)
+    assert upstream.attempts <= 2
+
+
+def test_health_counts_requests_and_retries(upstream, make_proxy):
+    upstream.plan(status(500), good())
+    shield = make_proxy(upstream)
+    streamed(shield.port, PROTOCOLS["responses"])
+    health = json.loads(request(shield.port, "GET", "/health", body=None)[2])
+    assert health["requests"] == 1 and health["retries"] == 1 and health["service"] == "retry-shield"
+
+
+def test_concurrent_requests_are_shielded_independently(upstream, make_proxy):
+    upstream.plan(status(429), good(text="one"), status(500), good(text="two"))
+    shield = make_proxy(upstream)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(streamed(shield.port, PROTOCOLS["chat"])))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [result[0] for result in results] == [200] * 8
