@@ -1001,6 +1001,8 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
     def send_error(self, code, message=None, explain=None):
         """Answer with a JSON error instead of the stdlib's HTML page."""
         short, _ = self.responses.get(code, ("Error", ""))
+        if self.request_version == "HTTP/0.9":  # a garbage request line: still answer with a status line
+            self.request_version = "HTTP/1.0"
         self._send_json(code, json_error_body(message or short, "invalid_request_error"), close=True)
 
     def do_GET(self):
@@ -1457,7 +1459,7 @@ def _load_env_file(argv):
     """Load .env (or --env-file) into os.environ without overriding it; return a warning or None."""
     args, _ = build_arg_parser().parse_known_args(argv)
     path = args.env_file or DEFAULT_ENV_FILE
-    if args.env_file and not os.path.isfile(path):
+    if args.env_file and not os.path.exists(path):
         raise ConfigError("--env-file %s does not exist; give the path of your .env file" % path)
     try:
         from dotenv import load_dotenv

@@ -1,0 +1,75 @@
+"""`python proxy.py` run exactly as README.md shows it, as a real process."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import proxy
+from tests.test_security import free_port, request, wait_for_health
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme_commands():
+    """The two shell lines of README's quick start: install, then run."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as readme:
+        text = readme.read()
+    quick = text.split("## Quick start", 1)[1]
+    block = re.search(r"```sh\n(.*?)```", quick, re.S).group(1)
+    return [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+
+
+def test_readme_quick_start_runs_the_proxy(upstream, tmp_path):
+    install, run = readme_commands()
+    assert install.startswith("pip install -r requirements.txt") and "cp .env.example .env" in install
+    assert run == "python proxy.py"
+    for name in ("proxy.py", ".env.example", "requirements.txt"):
+        shutil.copy(os.path.join(HERE, name), str(tmp_path / name))
+    # What the user does by hand after the copy: fill in the endpoint (and here a free port).
+    port = free_port()
+    example = (tmp_path / ".env.example").read_text()
+    assert "AZURE_ENDPOINT=" in example and "\nPORT=\n" in example
+    env_text = re.sub(r"(?m)^AZURE_ENDPOINT=.*$", "AZURE_ENDPOINT=" + upstream.url + "/v1", example)
+    (tmp_path / ".env").write_text(env_text.replace("\nPORT=\n", "\nPORT=%d\n" % port))
+    env = {key: value for key, value in os.environ.items() if key not in {s.env for s in proxy.SETTINGS}}
+    process = subprocess.Popen([sys.executable, "proxy.py"], cwd=str(tmp_path), env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_health(port)
+        status, headers, body = request(port)
+        assert status == 200 and body == upstream.sent[-1]
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "listening on http://127.0.0.1:%d/v1" % port in err
+    assert "Traceback" not in err + out
+
+
+def test_sigterm_lets_the_request_in_flight_finish(upstream, tmp_path):
+    from tests.fake_upstream import good
+    upstream.plan(good(delay=1.0))
+    port = free_port()
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port))
+    process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_health(port)
+        import threading
+        result = {}
+        client = threading.Thread(target=lambda: result.update(answer=request(port)))
+        client.start()
+        upstream.wait_attempts(1, timeout=10)
+        process.send_signal(signal.SIGTERM)
+        client.join(timeout=30)
+    finally:
+        _, err = process.communicate(timeout=30)
+    assert result["answer"][0] == 200 and result["answer"][2] == upstream.sent[-1]
+    assert process.returncode == 0 and "Traceback" not in err
+    with pytest.raises(OSError):
+        request(port, "GET", "/health", body=None)

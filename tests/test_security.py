@@ -1,0 +1,186 @@
+"""Who may use the key: loopback binding, PROXY_API_KEY, Origin and Host guards, CORS, no key leaks."""
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import proxy
+
+SECRET = "sk-upstream-SECRET-0123456789"
+PROXY_SECRET = "proxy-SECRET-abcdef"
+BODY = json.dumps({"model": "m", "input": "hi", "stream": True}).encode()
+
+
+def request(port, method="POST", path="/v1/responses", body=BODY, headers=None, host=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=host is not None, skip_accept_encoding=True)
+        if host is not None:
+            conn.putheader("Host", host)
+        all_headers = {"Content-Type": "application/json"}
+        all_headers.update(headers or {})
+        if body is not None:
+            all_headers["Content-Length"] = str(len(body))
+        for name, value in all_headers.items():
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def error_code(body):
+    return json.loads(body)["error"]["code"]
+
+
+def test_non_loopback_host_without_proxy_key_refuses_to_start():
+    with pytest.raises(proxy.ConfigError, match="PROXY_API_KEY"):
+        proxy.load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:1/v1", "HOST": "0.0.0.0"})
+    config = proxy.load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:1/v1", "HOST": "0.0.0.0",
+                                    "PROXY_API_KEY": PROXY_SECRET})
+    assert config.host == "0.0.0.0"
+
+
+def test_non_loopback_host_start_up_error_is_one_line(tmp_path):
+    env = dict(os.environ, AZURE_ENDPOINT="http://127.0.0.1:1/v1", HOST="0.0.0.0", PORT="0")
+    env.pop("PROXY_API_KEY", None)
+    result = subprocess.run([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "PROXY_API_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"api-key": "wrong"}])
+def test_proxy_key_required_when_set(upstream, make_proxy, headers):
+    shield = make_proxy(upstream, PROXY_API_KEY=PROXY_SECRET)
+    status, _, body = request(shield.port, headers=headers)
+    assert status == 401 and error_code(body) == "invalid_proxy_key"
+    assert upstream.attempts == 0
+
+
+@pytest.mark.parametrize("header", ["Authorization", "api-key"])
+def test_proxy_key_accepted_and_never_forwarded(upstream, make_proxy, header):
+    shield = make_proxy(upstream, PROXY_API_KEY=PROXY_SECRET, AZURE_API_KEY=SECRET)
+    value = "Bearer " + PROXY_SECRET if header == "Authorization" else PROXY_SECRET
+    status, _, _ = request(shield.port, headers={header: value})
+    assert status == 200
+    assert upstream.attempts == 1
+    sent = upstream.requests[-1].headers
+    assert sent["api-key"] == SECRET and sent["authorization"] == "Bearer " + SECRET
+    assert PROXY_SECRET not in json.dumps(sent)
+
+
+def test_health_needs_no_proxy_key(upstream, make_proxy):
+    shield = make_proxy(upstream, PROXY_API_KEY=PROXY_SECRET)
+    status, _, body = request(shield.port, "GET", "/health", body=None)
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_foreign_origin_is_refused_and_not_forwarded(upstream, make_proxy):
+    shield = make_proxy(upstream)
+    status, headers, body = request(shield.port, headers={"Origin": "https://evil.example"})
+    assert status == 403 and error_code(body) == "origin_not_allowed"
+    assert "access-control-allow-origin" not in headers
+    assert upstream.attempts == 0
+
+
+def test_allowed_origin_gets_cors_headers_and_preflight(upstream, make_proxy):
+    origin = "http://localhost:3000"
+    shield = make_proxy(upstream, ALLOWED_ORIGINS=origin + ", https://app.example")
+    status, headers, _ = request(shield.port, headers={"Origin": origin})
+    assert status == 200 and headers["access-control-allow-origin"] == origin
+    status, headers, _ = request(shield.port, "OPTIONS", body=None, headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert status == 204
+    assert headers["access-control-allow-origin"] == origin
+    assert "POST" in headers["access-control-allow-methods"]
+    assert headers["access-control-allow-headers"] == "authorization, content-type"
+    status, headers, _ = request(shield.port, "OPTIONS", body=None, headers={"Origin": "https://evil.example"})
+    assert status == 403 and "access-control-allow-origin" not in headers
+    assert upstream.attempts == 1
+
+
+def test_no_cors_headers_without_origin(upstream, make_proxy):
+    shield = make_proxy(upstream, ALLOWED_ORIGINS="http://localhost:3000")
+    status, headers, _ = request(shield.port)
+    assert status == 200 and not any(name.startswith("access-control") for name in headers)
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8888", "192.168.1.20", "[::2]:80", "bad host:x"])
+def test_rebound_host_names_are_refused(upstream, make_proxy, host):
+    shield = make_proxy(upstream)
+    status, _, body = request(shield.port, host=host)
+    assert status == 403 and error_code(body) == "host_not_allowed"
+    status, _, _ = request(shield.port, "GET", "/health", body=None, host=host)
+    assert status == 403
+    assert upstream.attempts == 0
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8888", "127.0.0.1", "127.0.0.2:1", "[::1]:8888"])
+def test_loopback_host_names_are_served(upstream, make_proxy, host):
+    shield = make_proxy(upstream)
+    status, _, _ = request(shield.port, host=host)
+    assert status == 200
+
+
+def test_bad_allowed_origins_setting_is_a_start_up_error():
+    with pytest.raises(proxy.ConfigError, match="ALLOWED_ORIGINS"):
+        proxy.load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:1/v1", "ALLOWED_ORIGINS": "localhost:3000"})
+
+
+def test_keys_never_leak_into_logs_errors_or_health(upstream, tmp_path):
+    """Run proxy.py --debug for real; grep its whole log and every answer for both keys."""
+    from tests.fake_upstream import error_event, good, status
+    echo = {"error": {"message": "bad key " + SECRET + " " + PROXY_SECRET, "code": "server_error"}}
+    upstream.plan(status(500, body=echo), error_event(message="key " + SECRET, code="server_error"),
+                  status(401, body=echo), good())
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", AZURE_API_KEY=SECRET, PROXY_API_KEY=PROXY_SECRET,
+               PORT=str(free_port()), MAX_RETRIES="1", RETRY_BASE_DELAY="0.01", RETRY_MAX_DELAY="0.01")
+    log = tmp_path / "proxy.log"
+    with open(str(log), "wb") as sink:
+        process = subprocess.Popen([sys.executable, proxy.__file__, "--debug", "--env-file", os.devnull],
+                                   env=env, stderr=sink)
+        try:
+            port = int(env["PORT"])
+            wait_for_health(port)
+            auth = {"Authorization": "Bearer " + PROXY_SECRET}
+            texts = [request(port, headers=auth),  # 500, then an error event: gives up with 502
+                     request(port, headers=auth),  # 401 passed through
+                     request(port, headers={"api-key": "wrong " + SECRET}),
+                     request(port, "GET", "/health", body=None),
+                     request(port, "GET", "/v1/models", body=None, headers=auth)]
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    assert [text[0] for text in texts] == [502, 401, 401, 200, 200]
+    logged = log.read_text()
+    assert "attempt 1/2 failed" in logged and "DEBUG" in logged  # the log is the real, verbose one
+    everything = logged + "".join(repr(text) for text in texts)
+    assert SECRET not in everything and PROXY_SECRET not in everything
+
+
+def free_port():
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(port, timeout=20.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if request(port, "GET", "/health", body=None)[0] == 200:
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
