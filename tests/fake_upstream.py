@@ -370,7 +370,8 @@ class _Server(http.server.ThreadingHTTPServer):
 class FakeUpstream:
     """The scripted upstream. Use as a context manager or call start() and stop()."""
 
-    def __init__(self):
+    def __init__(self, port=0):
+        self._port = port
         self._lock = threading.Lock()
         self._plan = [good()]  # type: List[Outcome]
         self.requests = []  # type: List[RecordedRequest]
@@ -383,7 +384,8 @@ class FakeUpstream:
     # -- life -----------------------------------------------------------------
 
     def start(self):
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self.stopping.clear()
+        self._server = _Server(("127.0.0.1", self._port), _Handler)
         self._server.fake = self
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)

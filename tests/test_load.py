@@ -1,0 +1,126 @@
+"""Load and faults, in sizes fit for the suite (bench/bench.py runs the full-size versions)."""
+
+import gc
+import os
+import selectors
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.fake_upstream import FakeUpstream, cut, error_event, good, reset, status
+from tests.test_security import request
+
+REQUEST = b'{"model": "m", "input": "hi", "stream": true}'
+
+
+def raw_request(port):
+    return (b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(REQUEST), REQUEST))
+
+
+def test_a_thousand_clients_at_once_are_all_answered(upstream, make_proxy):
+    upstream.plan(good(delay=1.0))
+    shield = make_proxy(upstream)
+    answers = held_clients(shield.port, 1000)
+    assert len(answers) == 1000
+    assert sum(answer.startswith(b"HTTP/1.1 200") for answer in answers) == 1000
+    assert upstream.attempts == 1000
+
+
+def held_clients(port, count):
+    """Open ``count`` connections at once, send a request on each, then read every answer."""
+    selector = selectors.DefaultSelector()
+    buffers = {}
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        sock.sendall(raw_request(port))
+        sock.setblocking(False)
+        buffers[sock] = bytearray()
+        selector.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + 60
+    remaining = set(buffers)
+    while remaining and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=1.0):
+            try:
+                data = key.fileobj.recv(65536)
+            except ConnectionError:
+                data = b""
+            if data:
+                buffers[key.fileobj].extend(data)
+            else:
+                selector.unregister(key.fileobj)
+                remaining.discard(key.fileobj)
+    for sock in buffers:
+        sock.close()
+    selector.close()
+    return [bytes(data) for data in buffers.values()]
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to count file descriptors")
+def test_many_requests_with_failures_leak_nothing(upstream, make_proxy):
+    upstream.plan(status(429), good(), cut(100), good(), reset(), good(), error_event(), good())
+    shield = make_proxy(upstream)
+
+    def batch(count):
+        for _ in range(count):
+            upstream.plan(status(429), good(), cut(100), good(), reset(), good(), error_event(), good())
+            code, _, _ = request(shield.port)
+            assert code == 200
+
+    batch(50)  # warm-up: let every lazy allocation happen
+    baseline_threads = threading.active_count()
+    settle(baseline_threads)
+    fds = open_fds()
+    import tracemalloc
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    batch(400)
+    upstream.reset()
+    settle(baseline_threads)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    # pytest keeps every log record it captures: that is the test harness, not the proxy.
+    harness = [tracemalloc.Filter(False, "*/logging/*"), tracemalloc.Filter(False, "*/_pytest/*")]
+    grown = sum(stat.size_diff for stat in after.filter_traces(harness).compare_to(
+        before.filter_traces(harness), "filename"))
+    assert grown < 256 * 1024, "%d bytes more after 400 requests" % grown
+    assert open_fds() <= fds
+
+
+def settle(threads, timeout=10.0):
+    """Wait until the handler threads of finished requests have ended (their sockets with them)."""
+    deadline = time.monotonic() + timeout
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() <= threads, "threads left running: %d" % threading.active_count()
+    gc.collect()
+
+
+def test_upstream_vanishing_mid_load_is_absorbed(make_proxy):
+    first = FakeUpstream().start()
+    port = first.port
+    first.plan(good(delay=5.0))  # slow answers: they are in flight when the upstream dies
+    shield = make_proxy(first, RETRY_BASE_DELAY="0.2", RETRY_MAX_DELAY="0.5")
+    results = []
+    clients = [threading.Thread(target=lambda: results.append(request(shield.port))) for _ in range(20)]
+    for client in clients:
+        client.start()
+    first.wait_attempts(20)
+    first.stop()  # killed: in-flight attempts break, new ones are refused
+    second = FakeUpstream(port=port).start()
+    try:
+        second.plan(good(text="after the restart"))
+        for client in clients:
+            client.join(60)
+        assert [result[0] for result in results] == [200] * 20
+        assert all(result[2] == second.sent[-1] for result in results)
+        assert b"response.completed" in second.sent[-1]
+        assert second.attempts >= 20
+    finally:
+        second.stop()
