@@ -56,7 +56,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ENV_FILE = os.path.join(HERE, ".env")
 
 OPERATIONS = ("/responses", "/chat/completions")
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 256 * 1024
+READ_BUFFER = 256 * 1024
 # How often a long upstream read or backoff wait checks that the client is still there.
 CLIENT_CHECK_INTERVAL = 0.25
 # Seconds a stopping server gives requests in flight before it cuts them short.
@@ -821,6 +822,15 @@ def _kb(size):
     return "%d bytes" % size if size < 1024 else "%d KB" % (size // 1024)
 
 
+class BufferedResponse(http.client.HTTPResponse):
+    """An upstream answer read through a large buffer: fewer system calls per megabyte."""
+
+    def __init__(self, sock, *args, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self.fp.close()  # http.client's own 8 KB reader: nothing was read through it yet
+        self.fp = sock.makefile("rb", READ_BUFFER)
+
+
 def _open_connection(url, connect_timeout):
     parts = urllib.parse.urlsplit(url)
     if parts.scheme == "https":
@@ -828,6 +838,7 @@ def _open_connection(url, connect_timeout):
                                            context=ssl.create_default_context())
     else:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=connect_timeout)
+    conn.response_class = BufferedResponse
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
