@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_security import request
+from tests.helpers import request
 
 
 def raw_exchange(port, data, timeout=10.0):

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import proxy
-from tests.test_security import free_port, request, wait_for_health
+from tests.helpers import free_port, request, wait_for_health
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

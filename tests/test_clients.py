@@ -6,7 +6,7 @@ import openai
 import pytest
 
 from tests.fake_upstream import cut, error_event, failed, good, status
-from tests.test_security import request
+from tests.helpers import request
 
 TEXT = "A complete answer, with words that must all arrive."
 

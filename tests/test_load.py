@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.fake_upstream import FakeUpstream, cut, error_event, good, reset, status
-from tests.test_security import request
+from tests.helpers import request
 
 REQUEST = b'{"model": "m", "input": "hi", "stream": true}'
 

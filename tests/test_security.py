@@ -1,6 +1,5 @@
 """Who may use the key: loopback binding, PROXY_API_KEY, Origin and Host guards, CORS, no key leaks."""
 
-import http.client
 import json
 import os
 import subprocess
@@ -9,29 +8,10 @@ import sys
 import pytest
 
 import proxy
+from tests.helpers import free_port, request, wait_for_health
 
 SECRET = "sk-upstream-SECRET-0123456789"
 PROXY_SECRET = "proxy-SECRET-abcdef"
-BODY = json.dumps({"model": "m", "input": "hi", "stream": True}).encode()
-
-
-def request(port, method="POST", path="/v1/responses", body=BODY, headers=None, host=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.putrequest(method, path, skip_host=host is not None, skip_accept_encoding=True)
-        if host is not None:
-            conn.putheader("Host", host)
-        all_headers = {"Content-Type": "application/json"}
-        all_headers.update(headers or {})
-        if body is not None:
-            all_headers["Content-Length"] = str(len(body))
-        for name, value in all_headers.items():
-            conn.putheader(name, value)
-        conn.endheaders(body)
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
 
 
 def error_code(body):
@@ -164,23 +144,3 @@ def test_keys_never_leak_into_logs_errors_or_health(upstream, tmp_path):
     assert "attempt 1/2 failed" in logged and "DEBUG" in logged  # the log is the real, verbose one
     everything = logged + "".join(repr(text) for text in texts)
     assert SECRET not in everything and PROXY_SECRET not in everything
-
-
-def free_port():
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_health(port, timeout=20.0):
-    import time
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if request(port, "GET", "/health", body=None)[0] == 200:
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.05)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.fake_upstream import (body_for, cut, error_event, failed, good, incomplete, json_error, no_terminator, reset,
                                  stall, status)
-from tests.test_security import request
+from tests.helpers import request
 
 PROTOCOLS = {"responses": "/v1/responses", "chat": "/v1/chat/completions"}
 
