@@ -161,8 +161,8 @@ def stall(seconds, after_headers=False, after_bytes=0, delay=0.0):
                    after_bytes=after_bytes, delay=delay)
 
 
-def cut(after_bytes, framing="chunked", delay=0.0):
-    return Outcome("cut", after_bytes=after_bytes, framing=framing, delay=delay)
+def cut(after_bytes, framing="chunked", delay=0.0, text="Hello from upstream"):
+    return Outcome("cut", after_bytes=after_bytes, framing=framing, delay=delay, text=text)
 
 
 def no_terminator(framing="chunked", delay=0.0):

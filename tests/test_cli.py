@@ -73,3 +73,36 @@ def test_sigterm_lets_the_request_in_flight_finish(upstream, tmp_path):
     assert process.returncode == 0 and "Traceback" not in err
     with pytest.raises(OSError):
         request(port, "GET", "/health", body=None)
+
+
+def oldest_python():
+    """A Python 3.8 interpreter, if this machine has one (pyenv's, or python3.8 on PATH)."""
+    candidates = []
+    versions = os.path.join(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv")), "versions")
+    if os.path.isdir(versions):
+        candidates += [os.path.join(versions, name, "bin", "python") for name in sorted(os.listdir(versions))
+                       if name.startswith("3.8.")]
+    on_path = shutil.which("python3.8")
+    if on_path and "/shims/" not in on_path:  # a pyenv shim runs only the selected version
+        candidates.append(on_path)
+    return next((path for path in candidates if os.path.exists(path)), None)
+
+
+@pytest.mark.skipif(oldest_python() is None, reason="no Python 3.8 interpreter on this machine; vermin in .ci/run "
+                                                    "still checks 3.8 compatibility statically")
+def test_runs_on_python_3_8(upstream):
+    from tests.fake_upstream import cut, good
+    upstream.plan(cut(100), good())
+    port = free_port()
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port), RETRY_BASE_DELAY="0.01")
+    env.pop("PYTHONPATH", None)  # 3.8 without python-dotenv: the proxy must still run
+    process = subprocess.Popen([oldest_python(), proxy.__file__, "--env-file", os.devnull], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_health(port)
+        status, _, body = request(port)
+        assert status == 200 and body == upstream.sent[-1] and upstream.attempts == 2
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in err

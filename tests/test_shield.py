@@ -312,3 +312,46 @@ def test_concurrent_requests_are_shielded_independently(upstream, make_proxy):
     for thread in threads:
         thread.join(30)
     assert [result[0] for result in results] == [200] * 8
+
+
+def test_connect_timeout_is_retried_then_504(make_proxy):
+    import socket
+    # A listener that never accepts, its tiny queue already full: new connections hang in SYN-SENT.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(listener.getsockname())
+        fillers.append(filler)
+
+    class Blackhole:
+        url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+
+    try:
+        shield = make_proxy(Blackhole, CONNECT_TIMEOUT="0.3", MAX_RETRIES="1")
+        started = time.monotonic()
+        status_code, _, received = streamed(shield.port, PROTOCOLS["responses"])
+        error = json.loads(received)["error"]
+        assert status_code == 504 and error["code"] == "timeout" and error["attempts"] == 2
+        assert "connect timed out" in error["last_failure"]
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in fillers + [listener]:
+            sock.close()
+
+
+def test_log_lines(upstream, make_proxy, caplog):
+    caplog.set_level("INFO", logger="proxy")
+    upstream.plan(cut(41 * 1024 + 10, text="x" * 60000), good(text="x" * 60000))
+    shield = make_proxy(upstream, RETRY_BASE_DELAY="0.01", RETRY_MAX_DELAY="0.01")
+    streamed(shield.port, PROTOCOLS["responses"], body={"model": "gpt-log", "input": "hi"})
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(line.startswith("attempt 1/9 failed: stream cut after 41 KB") and "; retrying in 0.0 s" in line
+               for line in messages), messages
+    summary = [line for line in messages if line.startswith("POST /v1/responses 200 ")]
+    assert len(summary) == 1
+    for part in ("attempts=2", "bytes=%d" % len(upstream.sent[-1]), "model=gpt-log", "tokens=11/22", "time="):
+        assert part in summary[0]
