@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_readme_quick_start_runs_the_proxy(upstream, tmp_path):
 
 def test_sigterm_lets_the_request_in_flight_finish(upstream, tmp_path):
     from tests.fake_upstream import good
-    upstream.plan(good(delay=1.0))
+    upstream.plan(good(delay=2.0))
     port = free_port()
     env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port))
     process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,
@@ -66,6 +67,15 @@ def test_sigterm_lets_the_request_in_flight_finish(upstream, tmp_path):
         client.start()
         upstream.wait_attempts(1, timeout=10)
         process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while True:  # new connections are refused at once, while the request in flight goes on
+            try:
+                request(port, "GET", "/health", body=None)
+            except OSError:
+                break
+            assert time.monotonic() < deadline, "still accepting after SIGTERM"
+            time.sleep(0.02)
+        assert client.is_alive()
         client.join(timeout=30)
     finally:
         _, err = process.communicate(timeout=30)

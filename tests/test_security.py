@@ -36,6 +36,22 @@ def test_non_loopback_host_start_up_error_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_non_loopback_host_warns_and_demands_the_proxy_key(upstream):
+    port = free_port()
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", HOST="0.0.0.0", PORT=str(port),
+               PROXY_API_KEY=PROXY_SECRET)
+    process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_health(port)
+        assert request(port)[0] == 401
+        assert request(port, headers={"Authorization": "Bearer " + PROXY_SECRET})[0] == 200
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    assert "WARNING" in err and "other machines can reach this proxy" in err and PROXY_SECRET not in err
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"api-key": "wrong"}])
 def test_proxy_key_required_when_set(upstream, make_proxy, headers):
     shield = make_proxy(upstream, PROXY_API_KEY=PROXY_SECRET)
