@@ -992,6 +992,15 @@ def json_error_body(message, kind="proxy_error", **extra):
     return json.dumps({"error": error}).encode("utf-8")
 
 
+def _readable(sock):
+    """Whether ``sock`` has data or an end of stream waiting, without blocking."""
+    if hasattr(select, "poll"):  # select() fails on descriptors above 1023, which a busy proxy reaches
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 class ShieldHandler(http.server.BaseHTTPRequestHandler):
     """Serves the routes; every request is shielded by ``self.server``'s settings."""
 
@@ -1136,7 +1145,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             request = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
             raise ClientError(400, "request body is not valid UTF-8", "invalid_json") from None
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ClientError(400, "request body is not valid JSON: %s" % exc, "invalid_json") from None
         if not isinstance(request, dict):
             raise ClientError(400, "request body must be a JSON object, not %s" % type(request).__name__,
@@ -1216,8 +1225,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
     def _client_present(self):
         """Whether the client still holds its connection open (it has nothing more to send)."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            if not readable:
+            if not _readable(self.connection):
                 return True
             return self.connection.recv(1, socket.MSG_PEEK) != b""
         except (OSError, ValueError):

@@ -59,16 +59,17 @@ def post_raw(body, headers=b"", path=b"/v1/responses"):
     return b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n" + headers + b"\r\n" + body
 
 
-@pytest.mark.parametrize("body, headers, expected, code", [
+@pytest.mark.parametrize("body, headers, expected, code", [pytest.param(*case, id=str(index)) for index, case in enumerate([
     (b"{not json", None, 400, "invalid_json"),
     (b"[1, 2]", None, 400, "invalid_json"),
     (b'"text"', None, 400, "invalid_json"),
     (b'{"input": "\xff\xfe"}', None, 400, "invalid_json"),
     (b"", None, 400, "invalid_json"),
+    (b"[" * 100000 + b"]" * 100000, None, 400, "invalid_json"),
     (b"{}", b"Content-Length: abc\r\n", 400, "bad_content_length"),
     (b"{}", b"Content-Length: -5\r\n", 400, "bad_content_length"),
     (b"", b"", 411, "length_required"),
-])
+])])
 def test_malformed_bodies(upstream, make_proxy, body, headers, expected, code):
     shield = make_proxy(upstream)
     if headers is None:

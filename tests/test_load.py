@@ -22,7 +22,7 @@ def raw_request(port):
 
 def test_a_thousand_clients_at_once_are_all_answered(upstream, make_proxy):
     upstream.plan(good(delay=1.0))
-    shield = make_proxy(upstream)
+    shield = make_proxy(upstream, UPSTREAM_TIMEOUT="30")  # a loaded machine: no retries wanted here
     answers = held_clients(shield.port, 1000)
     assert len(answers) == 1000
     assert sum(answer.startswith(b"HTTP/1.1 200") for answer in answers) == 1000
@@ -124,3 +124,16 @@ def test_upstream_vanishing_mid_load_is_absorbed(make_proxy):
         assert second.attempts >= 20
     finally:
         second.stop()
+
+
+def test_retries_work_with_descriptors_above_1023(upstream, make_proxy):
+    """select() cannot watch descriptors above 1023; a busy proxy reaches them."""
+    ballast = [socket.socket() for _ in range(1100)]
+    try:
+        upstream.plan(status(500), good())
+        shield = make_proxy(upstream)
+        code, _, body = request(shield.port)
+        assert code == 200 and body == upstream.sent[-1] and upstream.attempts == 2
+    finally:
+        for sock in ballast:
+            sock.close()
