@@ -11,6 +11,7 @@ import http.server
 import json
 import socket
 import struct
+import sys
 import threading
 import time
 from typing import Any, Dict, List, NamedTuple, Optional
@@ -152,38 +153,49 @@ def status(code, body=None, headers=None, delay=0.0):
     return Outcome("status", status=code, body=body, headers=headers, delay=delay)
 
 
-def reset(delay=0.0):
-    return Outcome("reset", delay=delay)
+def reset(delay=0.0, headers=None):
+    """Read the request, then close with a real TCP RST (SO_LINGER 0) and no response.
+
+    ``headers`` is accepted for symmetry and ignored: nothing is sent.
+    """
+    return Outcome("reset", delay=delay, headers=headers)
 
 
-def stall(seconds, after_headers=False, after_bytes=0, delay=0.0):
+def stall(seconds, after_headers=False, after_bytes=0, delay=0.0, headers=None):
+    """Send nothing (or the headers, or the first ``after_bytes`` of a good stream) for ``seconds``, then close."""
     return Outcome("stall", seconds=seconds, after_headers=after_headers or after_bytes > 0,
-                   after_bytes=after_bytes, delay=delay)
+                   after_bytes=after_bytes, delay=delay, headers=headers)
 
 
-def cut(after_bytes, framing="chunked", delay=0.0, text="Hello from upstream"):
-    return Outcome("cut", after_bytes=after_bytes, framing=framing, delay=delay, text=text)
+def cut(after_bytes, framing="chunked", delay=0.0, text="Hello from upstream", headers=None):
+    """200, the first ``after_bytes`` of a good stream, then close: no chunked terminator / short Content-Length."""
+    return Outcome("cut", after_bytes=after_bytes, framing=framing, delay=delay, text=text, headers=headers)
 
 
-def no_terminator(framing="chunked", delay=0.0):
-    return Outcome("no_terminator", framing=framing, delay=delay)
+def no_terminator(framing="chunked", delay=0.0, headers=None):
+    """A properly framed and closed 200 stream without response.completed (Responses) / [DONE] (Chat)."""
+    return Outcome("no_terminator", framing=framing, delay=delay, headers=headers)
 
 
 def error_event(code="server_error", message="The server had an error while processing your request.",
-                delay=0.0):
-    return Outcome("error_event", code=code, message=message, delay=delay)
+                delay=0.0, headers=None):
+    """A 200 stream with an ``error`` event (Chat: a ``data: {"error": ...}`` line) in the middle."""
+    return Outcome("error_event", code=code, message=message, delay=delay, headers=headers)
 
 
-def failed(code="server_error", message="The model failed to finish.", delay=0.0):
-    return Outcome("failed", code=code, message=message, delay=delay)
+def failed(code="server_error", message="The model failed to finish.", delay=0.0, headers=None):
+    """A 200 stream ending with response.failed (Chat: an error data line, then the end)."""
+    return Outcome("failed", code=code, message=message, delay=delay, headers=headers)
 
 
-def incomplete(reason="max_output_tokens", delay=0.0):
-    return Outcome("incomplete", reason=reason, delay=delay)
+def incomplete(reason="max_output_tokens", delay=0.0, headers=None):
+    """A 200 Responses stream ending with response.incomplete."""
+    return Outcome("incomplete", reason=reason, delay=delay, headers=headers)
 
 
-def json_error(status=200, code="server_error", message="The server is overloaded.", delay=0.0):
-    return Outcome("json_error", status=status, code=code, message=message, delay=delay)
+def json_error(status=200, code="server_error", message="The server is overloaded.", delay=0.0, headers=None):
+    """A non-SSE application/json ``{"error": ...}`` body with ``status``."""
+    return Outcome("json_error", status=status, code=code, message=message, delay=delay, headers=headers)
 
 
 def body_for(outcome, protocol):
@@ -200,7 +212,8 @@ def body_for(outcome, protocol):
             events = responses_events(outcome.text)[0]
             error = {"type": "error", "sequence_number": 99, "code": outcome.code, "message": outcome.message,
                      "param": None}
-            return events[:len(events) // 2] + _sse("error", error) + events[len(events) // 2:] + \
+            middle = events.index(b"\n\n", len(events) // 2) + 2  # an event boundary, not mid-JSON
+            return events[:middle] + _sse("error", error) + events[middle:] + \
                 _sse("response.completed", {"type": "response.completed", "sequence_number": 100,
                                             "response": response_object(outcome.text)})
         return chat_events(outcome.text) + chat_error_line(outcome.code, outcome.message) + \
@@ -338,9 +351,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send_plain(outcome.status, body, "application/json", outcome.headers)
 
     def _act_reset(self, outcome, protocol, fake):
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.close_connection = True
         fake.sent_body(b"")
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # Close here: socketserver's shutdown_request would send a FIN (SHUT_WR) before the RST.
+        self.rfile.close()
+        self.connection.close()
 
     def _act_cut(self, outcome, protocol, fake):
         body = body_for(outcome, protocol)
@@ -365,6 +381,12 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     request_queue_size = 4096
+
+    def handle_error(self, request, client_address):
+        """Clients that hang up are routine here: no traceback for socket errors."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 class FakeUpstream:
