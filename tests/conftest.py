@@ -57,5 +57,11 @@ def make_proxy():
         return shield
 
     yield make
-    for shield in running:
-        shield.stop()
+    for running_proxy in running:
+        running_proxy.stop()
+
+
+@pytest.fixture
+def shield(upstream, make_proxy):
+    """The real proxy with FAST_SETTINGS in front of ``upstream`` (named so it cannot shadow ``import proxy``)."""
+    return make_proxy(upstream)

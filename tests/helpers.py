@@ -8,9 +8,9 @@ import time
 STREAMED = json.dumps({"model": "m", "input": "hi", "stream": True}).encode()
 
 
-def request(port, method="POST", path="/v1/responses", body=STREAMED, headers=None, host=None):
+def request(port, method="POST", path="/v1/responses", body=STREAMED, headers=None, host=None, timeout=30):
     """One request on a fresh connection: (status, headers with lower-case names, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.putrequest(method, path, skip_host=host is not None, skip_accept_encoding=True)
         if host is not None:
@@ -26,6 +26,13 @@ def request(port, method="POST", path="/v1/responses", body=STREAMED, headers=No
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
+
+
+def post(port, path="/v1/responses", body=STREAMED, headers=None, timeout=30):
+    """POST a dict (sent as JSON) or bytes: (status, headers with lower-case names, body bytes)."""
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    return request(port, "POST", path, body, headers, timeout=timeout)
 
 
 def free_port():
