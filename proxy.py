@@ -1191,6 +1191,8 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         attempts = 0
         while True:
             attempts += 1
+            logger.debug("attempt %d/%d: POST %s (%d bytes, model %s)", attempts, config.max_attempts,
+                         redact_url(url), len(body), request.get("model", "-"))
             try:
                 answer = attempt(config, url, body, headers, protocol, deadline, self._client_present,
                                  self.server.upstream_sockets)
