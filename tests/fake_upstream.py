@@ -248,6 +248,7 @@ MODELS = {"object": "list", "data": [{"id": "gpt-fake", "object": "model", "crea
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # like a real server: small answers leave at once
 
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
