@@ -1043,7 +1043,6 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         started = time.monotonic()
         if not self._guard():
-            self._drain_small_body()
             return
         split = urllib.parse.urlsplit(self.path)
         operation = operation_of(split.path)
