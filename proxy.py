@@ -1504,7 +1504,7 @@ def _banner(config, server):
     if not is_loopback_host(host):
         logger.warning("listening on %s: other machines can reach this proxy; clients must send PROXY_API_KEY",
                        host)
-    logger.info("retries: up to %d, backoff %.1fs doubling to %.0fs, %.0fs per request, %.0fs idle timeout",
+    logger.info("retries: up to %d, backoff %gs doubling to %gs, %gs per request, %gs idle timeout",
                 config.max_retries, config.retry_base_delay, config.retry_max_delay, config.total_timeout,
                 config.upstream_timeout)
 
