@@ -1,0 +1,83 @@
+"""The real Codex CLI through chatgpt.sh, against an upstream that throws 429s and cuts streams."""
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.fake_upstream import cut, good, status
+from tests.helpers import free_port, request
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PINNED = os.path.join(HERE, ".cache", "codex", "node_modules", ".bin", "codex")
+ANSWER = "The shielded answer arrived whole."
+
+
+def codex_binary():
+    """The Codex CLI to test: CODEX_BIN, else the pinned one .ci/install-codex installs, else codex on PATH."""
+    for candidate in (os.environ.get("CODEX_BIN"), PINNED, shutil.which("codex")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed, so the Codex CLI cannot be: the real-client test is skipped")
+    pytest.fail("the Codex CLI is not installed: run `bash .ci/install-codex` (CI does)")
+
+
+@pytest.fixture
+def codex_run(tmp_path, upstream):
+    binary = codex_binary()
+    bin_dir = tmp_path / "elsewhere" / "bin"
+    bin_dir.mkdir(parents=True)
+    link = bin_dir / "chatgpt"
+    os.symlink(os.path.join(HERE, "chatgpt.sh"), str(link))
+    home = tmp_path / "codex-home"
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    port = free_port()
+
+    def run():
+        # 429 twice, then five cut streams: alone, Codex fails the turn at the first 429.
+        upstream.plan(status(429, headers={"retry-after-ms": "50"}), status(429), *[cut(400)] * 5,
+                      good(text=ANSWER))
+        env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port), CODEX_HOME=str(home),
+                   CLIENT_EXECUTABLE=binary, SHIELD_LOG=str(tmp_path / "proxy.log"), RETRY_BASE_DELAY="0.05",
+                   RETRY_MAX_DELAY="0.2")
+        result = subprocess.run([str(link), "exec", "--skip-git-repo-check", "Say something shielded."],
+                                cwd=str(workdir), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=180)
+        return result, port
+
+    run.home = home
+    return run
+
+
+def assert_shielded_turn(result, port, upstream):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ANSWER in result.stdout
+    assert upstream.attempts == 8
+    assert all(seen.json["stream"] is True for seen in upstream.requests if seen.method == "POST")
+    deadline = time.monotonic() + 15
+    while True:  # the wrapper stopped the proxy it started: nothing listens on its port
+        try:
+            request(port, "GET", "/health", body=None)
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the proxy still listens after chatgpt.sh ended"
+        time.sleep(0.05)
+
+
+def test_codex_through_chatgpt_sh_with_an_empty_codex_home(codex_run, upstream):
+    result, port = codex_run()
+    assert_shielded_turn(result, port, upstream)
+    assert (codex_run.home / "config.toml").exists()
+
+
+def test_codex_through_chatgpt_sh_keeps_the_users_config(codex_run, upstream):
+    codex_run.home.mkdir()
+    mine = b'# my own Codex settings\nmodel = "gpt-5"\nmodel_reasoning_effort = "low"\n'
+    (codex_run.home / "config.toml").write_bytes(mine)
+    result, port = codex_run()
+    assert_shielded_turn(result, port, upstream)
+    assert (codex_run.home / "config.toml").read_bytes() == mine
