@@ -992,6 +992,16 @@ def json_error_body(message, kind="proxy_error", **extra):
     return json.dumps({"error": error}).encode("utf-8")
 
 
+def passed_headers(pairs):
+    """The upstream's response headers worth passing on; framing and Content-Type are set anew."""
+    return [(name, value) for name, value in pairs
+            if name.lower() not in NOT_FORWARDED_RESPONSE and name.lower() != "content-type"]
+
+
+def _header(pairs, name, default):
+    return next((value for key, value in pairs if key.lower() == name), default)
+
+
 def _readable(sock):
     """Whether ``sock`` has data or an end of stream waiting, without blocking."""
     if hasattr(select, "poll"):  # select() fails on descriptors above 1023, which a busy proxy reaches
@@ -1249,23 +1259,20 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
 
     def _deliver(self, answer, wants_stream, attempts, started, request):
         verdict = answer.verdict
-        extra = [(name, value) for name, value in answer.headers if name.lower() not in NOT_FORWARDED_RESPONSE]
-        if verdict is None:
-            content_type = next((value for name, value in extra if name.lower() == "content-type"),
-                                "application/json")
-            extra = [(name, value) for name, value in extra if name.lower() != "content-type"]
-            self._send(answer.status, content_type, answer.body, extra)
-            self._log_summary(answer.status, attempts, len(answer.body), started, request, None)
-            return
-        if wants_stream:
-            extra = [(name, value) for name, value in extra if name.lower() not in ("content-type", "cache-control")]
-            self._send(200, "text/event-stream; charset=utf-8", answer.body,
-                       extra + [("Cache-Control", "no-cache")])
-        else:
-            status, payload = self._as_json(answer)
-            extra = [(name, value) for name, value in extra if name.lower() != "content-type"]
-            self._send(status, "application/json", payload, extra)
-        self._log_summary(200, attempts, len(answer.body), started, request, verdict.usage, verdict.outcome)
+        content_type = _header(answer.headers, "content-type", "application/json")
+        headers = passed_headers(answer.headers)
+        status, payload, usage, note = answer.status, answer.body, None, ""
+        if verdict is not None:
+            usage, note = verdict.usage, verdict.outcome
+            if wants_stream:
+                content_type = "text/event-stream; charset=utf-8"
+                headers = [pair for pair in headers if pair[0].lower() != "cache-control"]
+                headers.append(("Cache-Control", "no-cache"))
+            else:
+                content_type = "application/json"
+                status, payload = self._as_json(answer)
+        self._log_summary(status, attempts, len(answer.body), started, request, usage, note)
+        self._send(status, content_type, payload, headers)
 
     def _as_json(self, answer):
         """The non-streaming JSON equivalent of a buffered stream: (status, body)."""
@@ -1280,19 +1287,17 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
 
     def _give_up(self, failure, attempts, started, request):
         self.server.count("gave_up")
-        if failure.status is not None and failure.status != 200 and failure.kind == "status":
-            extra = [(name, value) for name, value in failure.headers.items()
-                     if name.lower() not in NOT_FORWARDED_RESPONSE and name.lower() != "content-type"]
+        if failure.kind == "status":  # the upstream's own last answer, as it sent it
             content_type = failure.headers.get("content-type", "application/json")
-            self._send(failure.status, content_type, failure.body, extra)
             self._log_summary(failure.status, attempts, len(failure.body), started, request, None, "gave up")
+            self._send(failure.status, content_type, failure.body, passed_headers(failure.headers.items()))
             return
         status = 504 if failure.kind == "timeout" else 502
         message = "upstream failed after %d attempt%s: %s" % (attempts, "" if attempts == 1 else "s", failure.detail)
         payload = json_error_body(message, "proxy_error", code=failure.kind, attempts=attempts,
                                   last_failure=failure.detail)
-        self._send_json(status, payload)
         self._log_summary(status, attempts, 0, started, request, None, "gave up")
+        self._send_json(status, payload)
 
     def _forward_models(self):
         config = self.server.config
@@ -1308,9 +1313,8 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             decoder = _decoder_for(response.getheader("Content-Encoding"))
             if decoder is not None:
                 body = decoder.decompress(body) + decoder.flush()
-            extra = [(name, value) for name, value in response.getheaders()
-                     if name.lower() not in NOT_FORWARDED_RESPONSE and name.lower() != "content-type"]
-            self._send(response.status, response.getheader("Content-Type", "application/json"), body, extra)
+            self._send(response.status, response.getheader("Content-Type", "application/json"), body,
+                       passed_headers(response.getheaders()))
         except (OSError, http.client.HTTPException, UpstreamFailure, zlib.error) as exc:
             self._send_json(502, json_error_body("cannot list models upstream: %s" % (exc,), code="upstream_error"))
         finally:
