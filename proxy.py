@@ -839,10 +839,12 @@ def _open_connection(url, connect_timeout):
     else:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=connect_timeout)
     conn.response_class = BufferedResponse
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    return conn, target
+    return conn, _target_of(url)
+
+
+def _target_of(url):
+    parts = urllib.parse.urlsplit(url)
+    return (parts.path or "/") + ("?" + parts.query if parts.query else "")
 
 
 def _read_bounded(response, limit):
@@ -861,42 +863,97 @@ def _decoder_for(encoding):
     return None
 
 
-def attempt(config, url, body, headers, protocol, deadline, still_wanted, open_sockets=None):
-    # type: (Config, str, bytes, Dict[str, str], str, float, Callable[[], bool], Optional[set]) -> UpstreamAnswer
+class ConnectionPool:
+    """Idle keep-alive connections to the upstream: a request reuses one instead of
+    connecting anew (on TLS, a handshake saved)."""
+
+    def __init__(self, size=16):
+        self.size = size
+        self._idle = []  # type: List[Tuple[str, http.client.HTTPConnection]]
+        self._lock = threading.Lock()
+
+    def take(self, origin):
+        """An idle connection to ``origin`` still open at the other end, or None."""
+        while True:
+            with self._lock:
+                found = next((index for index, (key, _) in enumerate(self._idle) if key == origin), None)
+                if found is None:
+                    return None
+                _, conn = self._idle.pop(found)
+            if conn.sock is not None and not _readable(conn.sock):  # readable while idle: closed upstream
+                return conn
+            conn.close()
+
+    def give(self, origin, conn):
+        with self._lock:
+            if len(self._idle) < self.size:
+                self._idle.append((origin, conn))
+                return
+        conn.close()
+
+    def close(self):
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for _, conn in idle:
+            conn.close()
+
+
+def attempt(config, url, body, headers, protocol, deadline, still_wanted, open_sockets=None, pool=None):
+    # type: (Config, str, bytes, Dict[str, str], str, float, Callable[[], bool], Optional[set], Optional[ConnectionPool]) -> UpstreamAnswer
     """Make one upstream attempt and read its whole answer.
 
     Returns an UpstreamAnswer the client may receive; raises UpstreamFailure for
     anything worth another attempt (or a final proxy-side failure), and ClientGone
     when ``still_wanted()`` turns false while reading. The upstream socket sits in
-    ``open_sockets`` while in use, so a stopping server can cut it short.
+    ``open_sockets`` while in use, so a stopping server can cut it short. With a
+    ``pool``, a kept-alive connection is reused and a finished one given back.
     """
     open_sockets = set() if open_sockets is None else open_sockets
-    conn, target = _open_connection(url, config.connect_timeout)
-    sock = response = None
-    try:
+    origin = url.split("/", 3)[2]
+    while True:
+        conn = pool.take(origin) if pool is not None else None
+        reused = conn is not None
+        if conn is None:
+            conn, target = _open_connection(url, config.connect_timeout)
+        else:
+            target = _target_of(url)
+        sock = response = None
+        kept = False
         try:
-            conn.connect()
-        except socket.timeout:
-            raise UpstreamFailure("timeout", "connect timed out after %ss" % config.connect_timeout) from None
-        except OSError as exc:
-            raise UpstreamFailure("connect", "cannot connect: %s" % (exc.strerror or exc,)) from None
-        sock = conn.sock  # kept: http.client drops conn.sock when the answer is close-delimited
-        sock.settimeout(max(0.001, min(config.upstream_timeout, deadline - time.monotonic())))
-        open_sockets.add(sock)
-        try:
-            conn.request("POST", target, body=body, headers=headers)
-            response = conn.getresponse()
-        except socket.timeout:
-            raise UpstreamFailure("timeout", "no answer within %ss" % config.upstream_timeout) from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise UpstreamFailure("reset", "connection lost before the answer: %s"
-                                  % (getattr(exc, "strerror", None) or exc.__class__.__name__,)) from None
-        return _read_answer(config, response, sock, protocol, deadline, still_wanted)
-    finally:
-        open_sockets.discard(sock)
-        if response is not None:
-            response.close()
-        conn.close()
+            if not reused:
+                try:
+                    conn.connect()
+                except socket.timeout:
+                    raise UpstreamFailure("timeout", "connect timed out after %ss" % config.connect_timeout) \
+                        from None
+                except OSError as exc:
+                    raise UpstreamFailure("connect", "cannot connect: %s" % (exc.strerror or exc,)) from None
+            sock = conn.sock  # kept: http.client drops conn.sock when the answer is close-delimited
+            sock.settimeout(max(0.001, min(config.upstream_timeout, deadline - time.monotonic())))
+            open_sockets.add(sock)
+            try:
+                conn.request("POST", target, body=body, headers=headers)
+                response = conn.getresponse()
+            except socket.timeout:
+                raise UpstreamFailure("timeout", "no answer within %ss" % config.upstream_timeout) from None
+            except (OSError, http.client.HTTPException) as exc:
+                if reused:
+                    continue  # the upstream closed the idle connection just now: not a failed attempt
+                raise UpstreamFailure("reset", "connection lost before the answer: %s"
+                                      % (getattr(exc, "strerror", None) or exc.__class__.__name__,)) from None
+            answer = _read_answer(config, response, sock, protocol, deadline, still_wanted)
+            finished = response.isclosed() or (not response.chunked and response.length == 0)
+            if pool is not None and finished and not response.will_close:
+                response.close()  # the reader only: the connection stays open for the next request
+                pool.give(origin, conn)
+                kept = True
+            return answer
+        finally:
+            open_sockets.discard(sock)
+            if not kept:
+                if response is not None:
+                    response.close()
+                conn.close()
 
 
 def _read_answer(config, response, sock, protocol, deadline, still_wanted):
@@ -1207,7 +1264,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
                          redact_url(url), len(body), request.get("model", "-"))
             try:
                 answer = attempt(config, url, body, headers, protocol, deadline, self._client_present,
-                                 self.server.upstream_sockets)
+                                 self.server.upstream_sockets, self.server.pool)
             except ClientGone:
                 self._log_summary(499, attempts, 0, started, request, None, "client gone")
                 self.close_connection = True
@@ -1392,6 +1449,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self._counters = collections.Counter()  # type: collections.Counter
         self._active = 0
         self.upstream_sockets = set()  # type: set
+        self.pool = ConnectionPool()
         super().__init__((config.host, config.port), handler)
 
     def count(self, name, amount=1):
@@ -1439,6 +1497,10 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             return
         logger.error("internal error serving %s: %r", client_address[0], exc,
                      exc_info=logger.isEnabledFor(logging.DEBUG))
+
+    def server_close(self):
+        super().server_close()
+        self.pool.close()
 
     def drain(self, grace):
         """Let requests in flight finish within ``grace`` seconds, then cut their upstream reads short.

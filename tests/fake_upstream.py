@@ -241,6 +241,7 @@ class RecordedRequest(NamedTuple):
     body: bytes
     json: Any
     time: float
+    peer: Any = None  # the client's (host, port): the same port twice means a reused connection
 
 
 MODELS = {"object": "list", "data": [{"id": "gpt-fake", "object": "model", "created": 0, "owned_by": "fake"}]}
@@ -252,6 +253,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 - quiet
         pass
+
+    def setup(self):
+        super().setup()
+        self.server.fake.connections.add(self.connection)
+
+    def finish(self):
+        self.server.fake.connections.discard(self.connection)
+        super().finish()
 
     def handle_one_request(self):
         try:
@@ -268,7 +277,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             parsed = None
         path, _, query = self.path.partition("?")
         seen = RecordedRequest(self.command, path, query, {k.lower(): v for k, v in self.headers.items()},
-                               body, parsed, time.monotonic())
+                               body, parsed, time.monotonic(), self.client_address)
         return self.server.fake.record(seen)
 
     def do_GET(self):
@@ -401,6 +410,7 @@ class FakeUpstream:
         self.sent = []  # type: List[bytes]
         self.attempts = 0
         self.stopping = threading.Event()
+        self.connections = set()  # type: set
         self._server = None  # type: Optional[_Server]
         self._thread = None  # type: Optional[threading.Thread]
 
@@ -416,11 +426,17 @@ class FakeUpstream:
         return self
 
     def stop(self):
+        """Stop like a killed server: the listener and every open connection, kept-alive ones too."""
         self.stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        for connection in list(self.connections):
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self):
         return self.start()

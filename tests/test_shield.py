@@ -355,3 +355,26 @@ def test_log_lines(upstream, make_proxy, caplog):
     assert len(summary) == 1
     for part in ("attempts=2", "bytes=%d" % len(upstream.sent[-1]), "model=gpt-log", "tokens=11/22", "time="):
         assert part in summary[0]
+
+
+def test_upstream_connections_are_kept_alive_and_reused(upstream, make_proxy):
+    shield = make_proxy(upstream)
+    for _ in range(3):
+        assert streamed(shield.port, PROTOCOLS["responses"])[0] == 200
+    peers = {seen.peer for seen in upstream.requests}
+    assert len(upstream.requests) == 3 and len(peers) == 1
+
+
+def test_a_kept_connection_the_upstream_closed_is_not_a_failed_attempt(make_proxy):
+    from tests.fake_upstream import FakeUpstream
+    first = FakeUpstream().start()
+    shield = make_proxy(first, MAX_RETRIES="0")  # any failed attempt would reach the client
+    assert streamed(shield.port, PROTOCOLS["responses"])[0] == 200  # its connection is kept
+    port = first.port
+    first.stop()  # closes every connection, the kept one included
+    second = FakeUpstream(port=port).start()
+    try:
+        status_code, _, body = streamed(shield.port, PROTOCOLS["responses"])
+        assert status_code == 200 and body == second.sent[-1] and second.attempts == 1
+    finally:
+        second.stop()
