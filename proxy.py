@@ -1575,8 +1575,25 @@ def _banner(config, server):
                 config.upstream_timeout)
 
 
+def _big_buffers_in_mmap():
+    """Ask glibc to keep every large allocation in its own mapping, once and for all.
+
+    Otherwise glibc raises its mmap threshold after the first big answer is freed, and
+    the next big buffer grows on the heap, where a realloc can copy it: for a moment two
+    copies of the answer. In a mapping, growth is a remap, never a copy.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # another C library: it keeps its own policy
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    _big_buffers_in_mmap()
     try:
         warning = _load_env_file(argv)
         config = load_config(argv, os.environ)
