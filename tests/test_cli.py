@@ -1,5 +1,6 @@
 """`python proxy.py` run exactly as README.md shows it, as a real process."""
 
+import json
 import os
 import re
 import shutil
@@ -116,3 +117,31 @@ def test_runs_on_python_3_8(upstream):
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
     assert process.returncode == 0 and "Traceback" not in err
+
+
+def test_sigterm_fails_a_stuck_request_cleanly_within_seconds(upstream):
+    from tests.fake_upstream import stall
+    import threading
+    upstream.plan(stall(60.0, after_bytes=100))
+    port = free_port()
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port), UPSTREAM_TIMEOUT="120")
+    process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    result = {}
+    try:
+        wait_for_health(port)
+        client = threading.Thread(target=lambda: result.update(answer=request(port)))
+        client.start()
+        upstream.wait_attempts(1, timeout=10)
+        stopped = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        client.join(timeout=30)
+        _, err = process.communicate(timeout=30)
+        took = time.monotonic() - stopped
+    finally:
+        if process.poll() is None:
+            process.kill()
+    status, _, body = result["answer"]
+    assert status in (502, 504) and json.loads(body)["error"]["type"] == "proxy_error"
+    assert process.returncode == 0 and "Traceback" not in err
+    assert took < proxy.SHUTDOWN_GRACE + 5
