@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import platform
 import resource
-import selectors
 import socket
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
 
 from tests.fake_upstream import chat_stream, responses_stream  # noqa: E402
+from tests.helpers import held_clients  # noqa: E402
 
 REQUEST = json.dumps({"model": "bench", "input": "hi", "stream": True})
 WORDS = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
@@ -236,35 +236,12 @@ def throughput(port, clients, seconds):
     return sum(done for done, _ in totals) / float(seconds), sum(errors for _, errors in totals)
 
 
-def held_clients(port, count, delay):
+def held(port, count, delay):
     raw = ("POST /v1/responses?size=small&delay=%s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n"
            "Connection: close\r\n\r\n%s" % (delay, len(REQUEST), REQUEST)).encode()
-    selector = selectors.DefaultSelector()
-    answers = {}
     started = time.monotonic()
-    for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        sock.sendall(raw)
-        sock.setblocking(False)
-        answers[sock] = bytearray()
-        selector.register(sock, selectors.EVENT_READ)
-    pending = set(answers)
-    deadline = started + 60
-    while pending and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=1.0):
-            try:
-                data = key.fileobj.recv(65536)
-            except OSError:
-                data = b""
-            if data:
-                answers[key.fileobj] += data
-            else:
-                selector.unregister(key.fileobj)
-                pending.discard(key.fileobj)
-    wall = time.monotonic() - started
-    for sock in answers:
-        sock.close()
-    return sum(bytes(data).startswith(b"HTTP/1.1 200") for data in answers.values()), wall
+    answers = held_clients(port, count, raw)
+    return sum(answer.startswith(b"HTTP/1.1 200") for answer in answers), time.monotonic() - started
 
 
 # ---------------------------------------------------------------------------
@@ -318,7 +295,7 @@ def main(argv=None):
         rows.append(("throughput, 32 clients (req/s; errors)", "%.0f; %d" % (direct_rps, direct_errors),
                      "%.0f; %d" % (proxy_rps, proxy_errors), "x%.2f" % ratio, ">= 0.7, 0 errors",
                      "pass" if ratio >= 0.7 and proxy_errors == 0 else "FAIL"))
-        answered, wall = held_clients(proxy_port, 1000, 2)
+        answered, wall = held(proxy_port, 1000, 2)
         rows.append(("1,000 held clients, upstream waits 2 s", "", "%d answered in %.2f s" % (answered, wall), "",
                      "1000, ~2 s", "pass" if answered == 1000 and wall < 4 else "FAIL"))
     finally:

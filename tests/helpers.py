@@ -1,8 +1,9 @@
 """Small real-socket clients shared by the tests."""
 
 import http.client
-import socket
 import json
+import selectors
+import socket
 import time
 
 STREAMED = json.dumps({"model": "m", "input": "hi", "stream": True}).encode()
@@ -53,3 +54,32 @@ def wait_for_health(port, timeout=20.0):
             if time.monotonic() > deadline:
                 raise
         time.sleep(0.05)
+
+
+def held_clients(port, count, raw, timeout=60.0):
+    """Open ``count`` connections at once, send ``raw`` on each, then read every answer to its close."""
+    selector = selectors.DefaultSelector()
+    buffers = {}
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        sock.sendall(raw)
+        sock.setblocking(False)
+        buffers[sock] = bytearray()
+        selector.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    remaining = set(buffers)
+    while remaining and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=1.0):
+            try:
+                data = key.fileobj.recv(65536)
+            except OSError:
+                data = b""
+            if data:
+                buffers[key.fileobj].extend(data)
+            else:
+                selector.unregister(key.fileobj)
+                remaining.discard(key.fileobj)
+    for sock in buffers:
+        sock.close()
+    selector.close()
+    return [bytes(data) for data in buffers.values()]

@@ -2,7 +2,6 @@
 
 import gc
 import os
-import selectors
 import socket
 import threading
 import time
@@ -10,7 +9,7 @@ import time
 import pytest
 
 from tests.fake_upstream import FakeUpstream, cut, error_event, good, reset, status
-from tests.helpers import request
+from tests.helpers import held_clients, request
 
 REQUEST = b'{"model": "m", "input": "hi", "stream": true}'
 
@@ -23,39 +22,10 @@ def raw_request(port):
 def test_a_thousand_clients_at_once_are_all_answered(upstream, make_proxy):
     upstream.plan(good(delay=1.0))
     shield = make_proxy(upstream, UPSTREAM_TIMEOUT="30")  # a loaded machine: no retries wanted here
-    answers = held_clients(shield.port, 1000)
+    answers = held_clients(shield.port, 1000, raw_request(shield.port))
     assert len(answers) == 1000
     assert sum(answer.startswith(b"HTTP/1.1 200") for answer in answers) == 1000
     assert upstream.attempts == 1000
-
-
-def held_clients(port, count):
-    """Open ``count`` connections at once, send a request on each, then read every answer."""
-    selector = selectors.DefaultSelector()
-    buffers = {}
-    for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-        sock.sendall(raw_request(port))
-        sock.setblocking(False)
-        buffers[sock] = bytearray()
-        selector.register(sock, selectors.EVENT_READ)
-    deadline = time.monotonic() + 60
-    remaining = set(buffers)
-    while remaining and time.monotonic() < deadline:
-        for key, _ in selector.select(timeout=1.0):
-            try:
-                data = key.fileobj.recv(65536)
-            except ConnectionError:
-                data = b""
-            if data:
-                buffers[key.fileobj].extend(data)
-            else:
-                selector.unregister(key.fileobj)
-                remaining.discard(key.fileobj)
-    for sock in buffers:
-        sock.close()
-    selector.close()
-    return [bytes(data) for data in buffers.values()]
 
 
 def open_fds():
