@@ -13,6 +13,9 @@ from tests.helpers import free_port, request
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PINNED = os.path.join(HERE, ".cache", "codex", "node_modules", ".bin", "codex")
 ANSWER = "The shielded answer arrived whole."
+# Codex 0.169 otherwise contacts ab.chatgpt.com (analytics), api.github.com and chatgpt.com (curated
+# plugin sync) at start-up; tests talk only to 127.0.0.1 (checked with strace -e connect,sendto).
+OFFLINE = ["-c", "analytics.enabled=false", "-c", "features.plugins=false"]
 
 
 def codex_binary():
@@ -44,7 +47,7 @@ def codex_run(tmp_path, upstream):
         env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port), CODEX_HOME=str(home),
                    CLIENT_EXECUTABLE=binary, SHIELD_LOG=str(tmp_path / "proxy.log"), RETRY_BASE_DELAY="0.05",
                    RETRY_MAX_DELAY="0.2")
-        result = subprocess.run([str(link), "exec", "--skip-git-repo-check", "Say something shielded."],
+        result = subprocess.run([str(link), "exec", "--skip-git-repo-check", *OFFLINE, "Say something shielded."],
                                 cwd=str(workdir), env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                 timeout=180)
         return result, port
