@@ -1,4 +1,4 @@
-"""URL mapping and header rewriting: pure functions."""
+"""URL mapping, redaction and header rewriting: pure functions."""
 
 import pytest
 
@@ -6,65 +6,114 @@ import proxy
 
 
 @pytest.mark.parametrize("path, operation", [
-    ("/v1/responses", "/responses"), ("/responses", "/responses"), ("/v1/chat/completions", "/chat/completions"),
-    ("/chat/completions/", "/chat/completions"), ("/v1/models", "/models"), ("/v1/embeddings", None),
-    ("/v2/responses", None), ("/", None),
+    ("/v1/responses", "/responses"), ("/responses", "/responses"), ("/v1/responses/", "/responses"),
+    ("/v1/chat/completions", "/chat/completions"), ("/chat/completions", "/chat/completions"),
+    ("/chat/completions/", "/chat/completions"), ("/v1/models", "/models"), ("/models", "/models"),
+    ("/v1/embeddings", None), ("/v2/responses", None), ("/v1/v1/responses", None), ("/v1", None),
+    ("/", None), ("/v1/responses/resp_123", None), ("/health", None),
 ])
 def test_operation_of(path, operation):
     assert proxy.operation_of(path) == operation
 
 
+AZURE_FULL = "https://x.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21"
+
+
 @pytest.mark.parametrize("endpoint, operation, query, url", [
-    ("https://x.openai.azure.com/openai/v1", "/responses", "",
-     "https://x.openai.azure.com/openai/v1/responses"),
-    ("https://x.openai.azure.com/openai/v1/", "/chat/completions", "",
+    # Base URLs: the client's operation is appended.
+    ("https://x.openai.azure.com/openai/v1", "/responses", "", "https://x.openai.azure.com/openai/v1/responses"),
+    ("https://x.openai.azure.com/openai/v1", "/chat/completions", "",
      "https://x.openai.azure.com/openai/v1/chat/completions"),
+    ("https://x.openai.azure.com/openai/v1/", "/responses", "", "https://x.openai.azure.com/openai/v1/responses"),
     ("https://api.openai.com/v1", "/responses", "", "https://api.openai.com/v1/responses"),
+    ("https://api.openai.com/v1/", "/chat/completions", "", "https://api.openai.com/v1/chat/completions"),
     ("http://127.0.0.1:1234/v1", "/chat/completions", "", "http://127.0.0.1:1234/v1/chat/completions"),
+    ("http://127.0.0.1:1234/v1/", "/responses", "", "http://127.0.0.1:1234/v1/responses"),
     ("http://127.0.0.1:1234/v1", "/models", "", "http://127.0.0.1:1234/v1/models"),
-    ("https://x.openai.azure.com/openai/v1?api-version=preview", "/responses", "a=1",
-     "https://x.openai.azure.com/openai/v1/responses?api-version=preview&a=1"),
-    ("https://x.openai.azure.com/openai/v1?api-version=preview", "/responses", "api-version=old",
-     "https://x.openai.azure.com/openai/v1/responses?api-version=preview"),
-    # A full operation URL: every POST goes there, whatever the client asked for.
-    ("https://x.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21",
+    ("http://[::1]:1234/v1", "/responses", "", "http://[::1]:1234/v1/responses"),
+    # Full operation URLs: every POST goes there, whatever the client asked for.
+    (AZURE_FULL, "/chat/completions", "", AZURE_FULL),
+    (AZURE_FULL, "/responses", "", AZURE_FULL),
+    ("https://x.openai.azure.com/openai/deployments/gpt/chat/completions/?api-version=2024-10-21",
      "/chat/completions", "", "https://x.openai.azure.com/openai/deployments/gpt/chat/completions"
      "?api-version=2024-10-21"),
-    ("https://x.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21",
-     "/responses", "", "https://x.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21"),
-    ("https://x.openai.azure.com/openai/responses?api-version=2025-04-01-preview", "/responses", "",
+    ("https://x.openai.azure.com/openai/responses?api-version=2025-04-01-preview", "/chat/completions", "",
      "https://x.openai.azure.com/openai/responses?api-version=2025-04-01-preview"),
+    # Query strings: the endpoint's are kept, the client's are added, the endpoint's win a clash.
+    ("https://x.openai.azure.com/openai/v1?api-version=preview", "/responses", "",
+     "https://x.openai.azure.com/openai/v1/responses?api-version=preview"),
+    ("https://x.openai.azure.com/openai/v1?api-version=preview", "/responses", "a=1",
+     "https://x.openai.azure.com/openai/v1/responses?api-version=preview&a=1"),
+    ("https://x.openai.azure.com/openai/v1?api-version=preview", "/responses", "api-version=old&b=2",
+     "https://x.openai.azure.com/openai/v1/responses?api-version=preview&b=2"),
+    (AZURE_FULL, "/chat/completions", "api-version=2023-05-15&c=3", AZURE_FULL + "&c=3"),
+    ("http://127.0.0.1:1234/v1", "/responses", "a=1&a=2", "http://127.0.0.1:1234/v1/responses?a=1&a=2"),
 ])
 def test_upstream_url(endpoint, operation, query, url):
     assert proxy.upstream_url(endpoint, operation, query) == url
 
 
-def test_redact_url_drops_credentials_and_query():
-    redacted = proxy.redact_url("https://user:pass@x.openai.azure.com:8443/openai/v1?api-key=SECRET")
-    assert redacted == "https://x.openai.azure.com:8443/openai/v1"
+@pytest.mark.parametrize("url, redacted", [
+    ("https://user:pass@x.openai.azure.com:8443/openai/v1?api-key=SECRET",
+     "https://x.openai.azure.com:8443/openai/v1"),
+    ("https://x.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21&key=SECRET",
+     "https://x.openai.azure.com/openai/deployments/gpt/chat/completions"),
+    ("http://:SECRET@127.0.0.1:1234/v1#SECRET", "http://127.0.0.1:1234/v1"),
+    ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+    ("http://user:SECRET@[::1]:1234/v1?k=SECRET", "http://[::1]:1234/v1"),
+])
+def test_redact_url_drops_userinfo_and_query(url, redacted):
+    assert proxy.redact_url(url) == redacted
+    assert "SECRET" not in proxy.redact_url(url)
 
 
-CLIENT = [("Host", "127.0.0.1:8888"), ("Content-Length", "10"), ("Authorization", "Bearer client"),
-          ("api-key", "client"), ("Connection", "keep-alive, X-Drop"), ("X-Drop", "1"), ("Keep-Alive", "5"),
-          ("Transfer-Encoding", "chunked"), ("Accept-Encoding", "gzip"), ("OpenAI-Beta", "responses=v1"),
-          ("User-Agent", "codex")]
+def names(headers):
+    return {name.lower() for name in headers}
 
 
-def test_upstream_headers_with_key():
+CLIENT = [
+    ("Host", "127.0.0.1:8888"), ("Content-Length", "10"), ("Content-Type", "application/json"),
+    ("authorization", "Bearer client-key"), ("API-Key", "client-key"), ("Connection", "keep-alive, X-Drop-Me"),
+    ("connection", "X-Also-Dropped"), ("X-Drop-Me", "1"), ("x-also-dropped", "1"), ("Keep-Alive", "timeout=5"),
+    ("Transfer-Encoding", "chunked"), ("TE", "trailers"), ("Trailer", "X-Checksum"), ("Upgrade", "h2c"),
+    ("Proxy-Authorization", "Basic abc"), ("Proxy-Connection", "keep-alive"), ("Accept-Encoding", "gzip, br"),
+    ("OpenAI-Beta", "responses=v1"), ("User-Agent", "codex_cli_rs/0.169"), ("originator", "codex_cli_rs"),
+    ("session_id", "abc-123"), ("Accept", "text/event-stream"),
+]
+NEVER = {"host", "content-length", "connection", "x-drop-me", "x-also-dropped", "keep-alive", "transfer-encoding",
+         "te", "trailer", "upgrade", "proxy-authorization", "proxy-connection"}
+PASSED = {"Content-Type": "application/json", "OpenAI-Beta": "responses=v1", "User-Agent": "codex_cli_rs/0.169",
+          "originator": "codex_cli_rs", "session_id": "abc-123", "Accept": "text/event-stream"}
+
+
+def test_with_a_key_ours_replace_the_clients_credentials():
     headers = proxy.upstream_headers(CLIENT, "sk-real")
-    assert headers == {"OpenAI-Beta": "responses=v1", "User-Agent": "codex", "api-key": "sk-real",
-                       "Authorization": "Bearer sk-real", "Accept-Encoding": "identity"}
+    assert headers == dict(PASSED, **{"api-key": "sk-real", "Authorization": "Bearer sk-real",
+                                      "Accept-Encoding": "identity"})
 
 
-def test_upstream_headers_without_key_pass_client_credentials():
+def test_without_a_key_the_clients_credentials_pass_through():
     headers = proxy.upstream_headers(CLIENT, "")
-    assert headers["Authorization"] == "Bearer client" and headers["api-key"] == "client"
-    assert not {"Host", "Content-Length", "Connection", "X-Drop", "Keep-Alive", "Transfer-Encoding"} & set(headers)
+    assert headers == dict(PASSED, **{"authorization": "Bearer client-key", "API-Key": "client-key",
+                                      "Accept-Encoding": "identity"})
 
 
-def test_upstream_headers_never_forward_the_proxy_key():
+def test_without_any_key_no_credentials_are_invented():
+    headers = proxy.upstream_headers([("Content-Type", "application/json")], "")
+    assert headers == {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+
+
+def test_proxy_key_is_never_forwarded():
     headers = proxy.upstream_headers(CLIENT, "", drop_credentials=True)
-    assert "Authorization" not in headers and "api-key" not in headers
+    assert not names(headers) & {"authorization", "api-key"}
+    assert proxy.upstream_headers(CLIENT, "sk-real", drop_credentials=True)["api-key"] == "sk-real"
+
+
+@pytest.mark.parametrize("api_key", ["", "sk-real"])
+def test_hop_by_hop_host_length_and_connection_named_headers_are_dropped(api_key):
+    headers = proxy.upstream_headers(CLIENT, api_key)
+    assert not names(headers) & NEVER
+    assert [value for name, value in headers.items() if name.lower() == "accept-encoding"] == ["identity"]
 
 
 @pytest.mark.parametrize("host, loopback", [
