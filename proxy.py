@@ -24,6 +24,7 @@ import http.server
 import ipaddress
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -84,7 +85,8 @@ FINAL_ERROR_TYPES = frozenset(("invalid_request_error", "authentication_error", 
 
 TERMINAL_EVENTS = (b"response.completed", b"response.incomplete", b"response.failed")
 HINT_IN_MESSAGE = re.compile(
-    r"(?:try again in|retry after)\s+(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?)?\b",
+    r"(?:try again in|retry after)\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+(?![a-z])|\d+(?:\.\d+)?)"
+    r"\s*(milliseconds?|seconds?|secs?|ms|s)?\b",
     re.IGNORECASE,
 )
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -212,7 +214,7 @@ def _number_parser(kind, minimum, strict=False):
             number = kind(value)
         except ValueError:
             number = None
-        if number is None or number != number or number < minimum or (strict and number == minimum):
+        if number is None or not math.isfinite(number) or number < minimum or (strict and number == minimum):
             raise ConfigError("%s=%r is not valid; use a %s %s %s" % (
                 name, value, "whole number" if kind is int else "number",
                 "above" if strict else "of at least", minimum))
@@ -403,6 +405,8 @@ def redact_url(url):
     """``url`` without credentials or query string, fit for logs and banners."""
     parts = urllib.parse.urlsplit(url)
     netloc = parts.hostname or ""
+    if ":" in netloc:
+        netloc = "[%s]" % netloc
     if parts.port:
         netloc += ":%d" % parts.port
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
@@ -597,6 +601,8 @@ class StreamInspector:
         name = self._event_name(spans, line)
         if name not in TERMINAL_EVENTS:
             return StreamVerdict(StreamVerdict.UNFINISHED, "stream ended without response.completed")
+        if not self._line_is_whole(line):  # the connection dropped inside the last line
+            return StreamVerdict(StreamVerdict.UNFINISHED, "stream cut inside %s" % name.decode("ascii", "replace"))
         payload = (line[0] + 5, line[1])
         usage = self._usage(payload)
         if name == b"response.completed":
@@ -609,6 +615,11 @@ class StreamInspector:
         outcome = StreamVerdict.FAILED if is_final_error(error) else StreamVerdict.RETRY
         return StreamVerdict(outcome, "response.failed: " + _error_text(error), error=error,
                              usage=usage, terminal=payload)
+
+    def _line_is_whole(self, span):
+        """Whether a data line's JSON is closed and its line ended (an event is dispatched at its end)."""
+        buf = self.buffer
+        return buf[span[1] - 1] == ord("}") and buf.find(b"\n", span[1], span[1] + 2) >= 0
 
     def _event_name(self, spans, data):
         """The name of the event whose data line is ``data``: its ``event:`` line, else the data's type."""
@@ -696,8 +707,14 @@ def _merge_choice(choices, delta_choice):
             slot["arguments"].append(function["arguments"])
     if delta_choice.get("finish_reason"):
         choice["finish_reason"] = delta_choice["finish_reason"]
-    if delta_choice.get("logprobs") is not None:
-        choice["logprobs"] = delta_choice["logprobs"]
+    logprobs = delta_choice.get("logprobs")
+    if isinstance(logprobs, dict):
+        merged = choice.setdefault("logprobs", {"content": None, "refusal": None})
+        for key in ("content", "refusal"):
+            if isinstance(logprobs.get(key), list):
+                if merged[key] is None:
+                    merged[key] = []
+                merged[key].extend(logprobs[key])
 
 
 def _finish_choice(choice):
@@ -763,8 +780,10 @@ def retry_hint(headers, message="", now=None):
         return max(resets)
     match = HINT_IN_MESSAGE.search(message or "")
     if match:
-        unit = (match.group(2) or "s").lower()
-        return float(match.group(1)) / (1000.0 if unit.startswith("m") else 1.0)
+        amount, unit = match.group(1).lower(), (match.group(2) or "s").lower()
+        if not amount.replace(".", "", 1).isdigit():  # a duration such as 1m2.5s or 250ms
+            return parse_duration(amount)
+        return float(amount) / (1000.0 if unit.startswith("m") else 1.0)
     return None
 
 
@@ -1338,7 +1357,10 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             status = 429 if (verdict.error or {}).get("code") == "insufficient_quota" else 400
             return status, json.dumps({"error": verdict.error}).encode("utf-8")
         if verdict.terminal:  # Responses: the response object of the terminal event
-            event = json.loads(answer.body[verdict.terminal[0]:verdict.terminal[1]])
+            try:
+                event = json.loads(answer.body[verdict.terminal[0]:verdict.terminal[1]])
+            except ValueError:
+                return 502, json_error_body("the upstream's terminal event is not valid JSON", code="bad_stream")
             return 200, json.dumps(event.get("response", event), ensure_ascii=False).encode("utf-8")
         return 200, json.dumps(assemble_chat_completion(answer.body), ensure_ascii=False).encode("utf-8")
 

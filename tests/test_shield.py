@@ -378,3 +378,18 @@ def test_a_kept_connection_the_upstream_closed_is_not_a_failed_attempt(make_prox
         assert status_code == 200 and body == second.sent[-1] and second.attempts == 1
     finally:
         second.stop()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_stream_cut_inside_its_terminal_event_is_retried(upstream, make_proxy, stream):
+    from tests.fake_upstream import responses_stream
+    whole = responses_stream()
+    upstream.plan(cut(len(whole) - 40, framing="close"), good())
+    shield = make_proxy(upstream)
+    body = json.dumps({"model": "m", "input": "hi", "stream": stream}).encode()
+    status_code, _, received = request(shield.port, body=body)
+    assert status_code == 200 and upstream.attempts == 2
+    if stream:
+        assert received == upstream.sent[-1]
+    else:
+        assert json.loads(received)["status"] == "completed"
