@@ -494,13 +494,14 @@ class StreamInspector:
     """Judges an SSE stream as its bytes arrive.
 
     ``feed`` appends to one buffer and looks only at the new bytes, with a single
-    byte search for ``error"``: inside JSON strings a quote is always escaped, so
-    that sequence occurs only as a real key or value, never in generated text.
+    byte search for ``"error"``: inside a JSON string an opening quote is escaped, so
+    that sequence is a real key or value, or (rarely) text ending in a quoted "error,
+    which the JSON check of its line then clears.
     Terminal events sit at the end of a stream, so ``verdict`` reads only the
     last lines. Total cost is linear in the stream's size.
     """
 
-    ERROR_MARK = b'error"'
+    ERROR_MARK = b'"error"'
 
     def __init__(self, protocol):
         self.protocol = protocol  # "responses" or "chat"
