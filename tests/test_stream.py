@@ -429,5 +429,6 @@ def test_inspection_cost_is_linear():
     for _ in range(5):  # interleaved, best of each: both sizes see the same machine
         small_cpu = min(small_cpu, inspection_cpu("responses", small))
         large_cpu = min(large_cpu, inspection_cpu("responses", large))
-    assert large_cpu < 6 * small_cpu, "%.1f ms for %d bytes, %.1f ms for %d bytes" % (
+    # 10 ms of slack: the large buffer outgrows the CPU caches, a constant cost, not a rescan (~350 ms)
+    assert large_cpu < 6 * small_cpu + 0.01, "%.1f ms for %d bytes, %.1f ms for %d bytes" % (
         small_cpu * 1000, len(small), large_cpu * 1000, len(large))
