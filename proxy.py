@@ -57,8 +57,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_ENV_FILE = os.path.join(HERE, ".env")
 
 OPERATIONS = ("/responses", "/chat/completions")
+# Upstream bodies are read this much at a time, straight into a reused buffer.
 READ_CHUNK = 256 * 1024
-READ_BUFFER = 256 * 1024
+# http.client's own buffer, which reads the status line and headers; the body bypasses it.
+HEADER_BUFFER = 16 * 1024
+# Buffers kept for reuse once an answer is delivered: at most this many, this many bytes in all.
+POOLED_BUFFERS = 64
+POOLED_BYTES = 16 * 1024 * 1024
 # How often a long upstream read or backoff wait checks that the client is still there.
 CLIENT_CHECK_INTERVAL = 0.25
 # Seconds a stopping server gives requests in flight before it cuts them short.
@@ -503,41 +508,58 @@ class StreamInspector:
 
     ERROR_MARK = b'"error"'
 
-    def __init__(self, protocol):
+    def __init__(self, protocol, buffer=None):
         self.protocol = protocol  # "responses" or "chat"
-        self.buffer = bytearray()
+        # The stream so far is buffer[:size]; a reused buffer's tail holds stale bytes.
+        self.buffer = bytearray() if buffer is None else buffer
+        self.size = 0
         self.error = None  # type: Optional[dict]
         self._searched = 0
 
     def feed(self, chunk):
-        self.buffer += chunk
+        self.feed_spans(chunk, ((0, len(chunk)),))
+
+    def feed_spans(self, data, spans):
+        """Append each (start, end) span of ``data``, then judge the new bytes once."""
+        for start, stop in spans:
+            end = self.size + stop - start
+            try:
+                self.buffer[self.size:end] = data[start:stop]  # overwrites a reused buffer's tail, or grows it
+            except BufferError:  # a view of this reused buffer is still alive, so it cannot grow: move on
+                self.buffer = self.buffer[:self.size] + data[start:stop]
+            self.size = end
         if self.error is None:
             self._search_errors()
 
+    @property
+    def body(self):
+        """The stream so far, as a view: no copy."""
+        return memoryview(self.buffer)[:self.size]
+
     def _search_errors(self, final=False):
         """Judge each new ``error"`` that is not ``"error": null``; wait for more bytes when cut short."""
-        buf = self.buffer
+        buf, size = self.buffer, self.size
         mark = self.ERROR_MARK
-        pos = buf.find(mark, self._searched)
+        pos = buf.find(mark, self._searched, size)
         while pos >= 0:
             value = pos + len(mark)
-            if value + 6 > len(buf) and not final:
+            if value + 6 > size and not final:
                 self._searched = pos
                 return
-            if not bytes(buf[value:value + 6]).lstrip(b": ").startswith(b"null"):
-                line_end = buf.find(b"\n", value)
+            if not bytes(buf[value:min(value + 6, size)]).lstrip(b": ").startswith(b"null"):
+                line_end = buf.find(b"\n", value, size)
                 if line_end < 0:
                     if not final:
                         self._searched = pos
                         return
-                    line_end = len(buf)
+                    line_end = size
                 line_start = buf.rfind(b"\n", 0, pos) + 1
                 self._judge_error_line(bytes(buf[line_start:line_end]).rstrip(b"\r"))
                 if self.error is not None:
                     return
                 pos = line_end
-            pos = buf.find(mark, pos + 1)
-        self._searched = max(self._searched, len(buf) - len(mark) + 1)
+            pos = buf.find(mark, pos + 1, size)
+        self._searched = max(self._searched, size - len(mark) + 1)
 
     def _judge_error_line(self, line):
         event = _data_json(line)
@@ -568,7 +590,7 @@ class StreamInspector:
         Spans, not copies: the last line of a long answer can be megabytes long.
         """
         buf = self.buffer
-        end = len(buf)
+        end = self.size
         spans = []
         while end > 0 and len(spans) < limit:
             line_start = buf.rfind(b"\n", 0, end) + 1
@@ -620,7 +642,7 @@ class StreamInspector:
     def _line_is_whole(self, span):
         """Whether a data line's JSON is closed and its line ended (an event is dispatched at its end)."""
         buf = self.buffer
-        return buf[span[1] - 1] == ord("}") and buf.find(b"\n", span[1], span[1] + 2) >= 0
+        return buf[span[1] - 1] == ord("}") and buf.find(b"\n", span[1], min(span[1] + 2, self.size)) >= 0
 
     def _event_name(self, spans, data):
         """The name of the event whose data line is ``data``: its ``event:`` line, else the data's type."""
@@ -733,6 +755,75 @@ def _finish_choice(choice):
             "finish_reason": choice["finish_reason"]}
 
 
+class ChunkedDecoder:
+    """Takes HTTP/1.1 chunked framing off a body read in pieces of any size.
+
+    ``feed(data, start, end)`` returns the (start, end) spans of ``data`` that are body
+    bytes, without copying them; ``done`` turns true after the last chunk and its
+    trailers. Malformed framing raises ValueError.
+    """
+
+    MAX_LINE = 4096
+
+    def __init__(self):
+        self.left = 0  # body bytes still due in the current chunk
+        self.after_data = False  # the line ending a chunk's data is due
+        self.trailers = False
+        self.done = False
+        self._line = b""  # a line cut short by the end of a read
+
+    def feed(self, data, start, end):
+        spans = []
+        pos = start
+        while pos < end and not self.done:
+            if self.left:
+                stop = min(end, pos + self.left)
+                spans.append((pos, stop))
+                self.left -= stop - pos
+                pos = stop
+                if self.left:
+                    break
+                if pos + 2 <= end and data[pos:pos + 2] == b"\r\n":  # the usual case, taken without the line machinery
+                    pos += 2
+                    continue
+                self.after_data = True
+            eol = data.find(b"\n", pos, end)
+            if eol < 0:
+                self._line += bytes(data[pos:end])
+                if len(self._line) > self.MAX_LINE:
+                    raise ValueError("chunk size line over %d bytes" % self.MAX_LINE)
+                break
+            if not self._line and not self.after_data and not self.trailers:
+                try:  # the usual size line: hex digits and CRLF
+                    self.left = int(data[pos:eol], 16)
+                except ValueError:
+                    pass
+                else:
+                    if self.left > 0:
+                        pos = eol + 1
+                        continue
+                    self.left = 0
+            line, self._line = (self._line + bytes(data[pos:eol])).strip(), b""
+            pos = eol + 1
+            self._take_line(line)
+        return spans
+
+    def _take_line(self, line):
+        if self.after_data:
+            if line:
+                raise ValueError("chunk data longer than its size")
+            self.after_data = False
+        elif self.trailers:
+            self.done = not line
+        else:
+            size_text = line.split(b";", 1)[0].strip()
+            if not size_text or size_text[:1] in b"+-":
+                raise ValueError("bad chunk size %r" % line[:40])
+            size = int(size_text, 16)
+            self.trailers = size == 0
+            self.left = size
+
+
 # ---------------------------------------------------------------------------
 # Retry policy
 # ---------------------------------------------------------------------------
@@ -834,21 +925,26 @@ class UpstreamAnswer(NamedTuple):
 
     status: int
     headers: List[Tuple[str, str]]
-    body: bytearray
+    body: Any  # bytes, or a memoryview of ``buffer``
     verdict: Optional[StreamVerdict]  # None: not a stream (passed through as it came)
+    buffer: Optional[bytearray] = None  # to give back to the BufferPool once delivered
 
 
 def _kb(size):
     return "%d bytes" % size if size < 1024 else "%d KB" % (size // 1024)
 
 
-class BufferedResponse(http.client.HTTPResponse):
-    """An upstream answer read through a large buffer: fewer system calls per megabyte."""
+class HeadersOnlyResponse(http.client.HTTPResponse):
+    """An upstream answer whose http.client reader has a known buffer size.
+
+    ``AnswerReader`` reads the body itself: first what this buffer holds after the
+    headers, then straight from the socket into its own buffers.
+    """
 
     def __init__(self, sock, *args, **kwargs):
         super().__init__(sock, *args, **kwargs)
-        self.fp.close()  # http.client's own 8 KB reader: nothing was read through it yet
-        self.fp = sock.makefile("rb", READ_BUFFER)
+        self.fp.close()  # nothing was read through the stdlib's reader yet
+        self.fp = sock.makefile("rb", HEADER_BUFFER)
 
 
 def _open_connection(url, connect_timeout):
@@ -858,7 +954,7 @@ def _open_connection(url, connect_timeout):
                                            context=ssl.create_default_context())
     else:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=connect_timeout)
-    conn.response_class = BufferedResponse
+    conn.response_class = HeadersOnlyResponse
     return conn, _target_of(url)
 
 
@@ -918,17 +1014,53 @@ class ConnectionPool:
             conn.close()
 
 
-def attempt(config, url, body, headers, protocol, deadline, still_wanted, open_sockets=None, pool=None):
-    # type: (Config, str, bytes, Dict[str, str], str, float, Callable[[], bool], Optional[set], Optional[ConnectionPool]) -> UpstreamAnswer
+class BufferPool:
+    """Large buffers kept for the next answers: a reused buffer's memory is already
+    mapped, so filling it costs a copy, not a page fault per 4 KB."""
+
+    def __init__(self, count=POOLED_BUFFERS, total=POOLED_BYTES):
+        self.count = count
+        self.total = total
+        self._free = []  # type: List[bytearray]
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def take(self):
+        """A buffer of at least READ_CHUNK bytes, with stale contents."""
+        with self._lock:
+            if self._free:
+                buf = self._free.pop()
+                self._bytes -= len(buf)
+                return buf
+        return bytearray(READ_CHUNK)
+
+    def give(self, buf):
+        with self._lock:
+            if len(self._free) < self.count and self._bytes + len(buf) <= self.total:
+                self._free.append(buf)
+                self._bytes += len(buf)
+
+    @property
+    def pooled_bytes(self):
+        with self._lock:
+            return self._bytes
+
+
+def attempt(config, url, body, headers, protocol, deadline, still_wanted, open_sockets=None, pool=None,
+            buffers=None):
+    # type: (Config, str, bytes, Dict[str, str], str, float, Callable[[], bool], Optional[set], Optional[ConnectionPool], Optional[BufferPool]) -> UpstreamAnswer
     """Make one upstream attempt and read its whole answer.
 
     Returns an UpstreamAnswer the client may receive; raises UpstreamFailure for
     anything worth another attempt (or a final proxy-side failure), and ClientGone
     when ``still_wanted()`` turns false while reading. The upstream socket sits in
     ``open_sockets`` while in use, so a stopping server can cut it short. With a
-    ``pool``, a kept-alive connection is reused and a finished one given back.
+    ``pool``, a kept-alive connection is reused and a finished one given back. The
+    answer is read into buffers from ``buffers``; a delivered answer's ``buffer`` is
+    the caller's to give back.
     """
     open_sockets = set() if open_sockets is None else open_sockets
+    buffers = BufferPool(count=0) if buffers is None else buffers
     origin = url.split("/", 3)[2]
     while True:
         conn = pool.take(origin) if pool is not None else None
@@ -961,9 +1093,15 @@ def attempt(config, url, body, headers, protocol, deadline, still_wanted, open_s
                     continue  # the upstream closed the idle connection just now: not a failed attempt
                 raise UpstreamFailure("reset", "connection lost before the answer: %s"
                                       % (getattr(exc, "strerror", None) or exc.__class__.__name__,)) from None
-            answer = _read_answer(config, response, sock, protocol, deadline, still_wanted)
-            finished = response.isclosed() or (not response.chunked and response.length == 0)
-            if pool is not None and finished and not response.will_close:
+            reader = AnswerReader(config, response, protocol, buffers)
+            answer = None
+            try:
+                reader.read(sock, deadline, still_wanted)
+                answer = _judge(response.status, response.getheaders(), reader.content_type, reader.inspector)
+            finally:
+                if answer is None or answer.buffer is None:
+                    buffers.give(reader.inspector.buffer)
+            if pool is not None and reader.finished and not response.will_close:
                 response.close()  # the reader only: the connection stays open for the next request
                 pool.give(origin, conn)
                 kept = True
@@ -976,49 +1114,86 @@ def attempt(config, url, body, headers, protocol, deadline, still_wanted, open_s
                 conn.close()
 
 
-def _read_answer(config, response, sock, protocol, deadline, still_wanted):
-    headers = response.getheaders()
-    status = response.status
-    content_type = (response.getheader("Content-Type") or "").lower()
-    decoder = _decoder_for(response.getheader("Content-Encoding"))
-    inspector = StreamInspector(protocol)
-    limit = config.max_response_bytes
-    next_check = time.monotonic() + CLIENT_CHECK_INTERVAL
-    try:
-        while True:
-            chunk = response.read1(READ_CHUNK)
-            if not chunk:
-                break
-            if decoder is not None:
-                chunk = decoder.decompress(chunk)
-            inspector.feed(chunk)
-            if len(inspector.buffer) > limit:
-                raise UpstreamFailure("too_large", "upstream answer over MAX_RESPONSE_BYTES (%d bytes); "
-                                      "raise MAX_RESPONSE_BYTES" % limit, retryable=False)
-            now = time.monotonic()
-            if now >= next_check:
-                if not still_wanted():
-                    raise ClientGone()
-                next_check = now + CLIENT_CHECK_INTERVAL
-                sock.settimeout(max(0.001, min(config.upstream_timeout, deadline - now)))
-        if response.length:  # Content-Length announced more than arrived
-            raise http.client.IncompleteRead(b"", response.length)
-        if decoder is not None:
-            inspector.feed(decoder.flush())
-    except socket.timeout:
-        raise UpstreamFailure("timeout", "upstream silent for %ss after %s" % (
-            config.upstream_timeout, _kb(len(inspector.buffer)))) from None
-    except (http.client.IncompleteRead, OSError, http.client.HTTPException) as exc:
-        raise UpstreamFailure("cut", "stream cut after %s (%s)" % (
-            _kb(len(inspector.buffer)), exc.__class__.__name__), status=status) from None
-    except zlib.error:
-        raise UpstreamFailure("cut", "corrupt compressed answer after %s" % _kb(len(inspector.buffer))) from None
-    return _judge(status, headers, content_type, inspector)
+class AnswerReader:
+    """Reads an upstream body after its headers into a pooled buffer, judging it as it comes.
+
+    http.client's own body reader copies each chunk three times and parses chunk
+    framing a line at a time; this one reads up to READ_CHUNK bytes per system call
+    into a scratch buffer and copies only the body bytes, once, into the answer.
+    """
+
+    def __init__(self, config, response, protocol, buffers):
+        self.config = config
+        self.response = response
+        self.buffers = buffers
+        self.content_type = (response.getheader("Content-Type") or "").lower()
+        self.decoder = _decoder_for(response.getheader("Content-Encoding"))
+        self.inspector = StreamInspector(protocol, buffers.take())
+        self.framing = ChunkedDecoder() if response.chunked else None
+        self.left = response.length  # None: until the upstream closes, or the last chunk
+        self.finished = False
+
+    def read(self, sock, deadline, still_wanted):
+        """Read to the end of the body; raise UpstreamFailure or ClientGone."""
+        config = self.config
+        scratch = self.buffers.take()
+        next_check = time.monotonic() + CLIENT_CHECK_INTERVAL
+        try:
+            # What http.client's reader holds past the headers first: asking it for more
+            # than it holds would make it block on the socket for the rest.
+            first = self.response.fp.read1(HEADER_BUFFER)
+            scratch[:len(first)] = first
+            size = len(first)
+            with memoryview(scratch) as view:
+                while True:
+                    if size and self._take(scratch, view, size):
+                        break
+                    if self.inspector.size > config.max_response_bytes:
+                        raise UpstreamFailure("too_large", "upstream answer over MAX_RESPONSE_BYTES (%d bytes); "
+                                              "raise MAX_RESPONSE_BYTES" % config.max_response_bytes,
+                                              retryable=False)
+                    now = time.monotonic()
+                    if now >= next_check:
+                        if not still_wanted():
+                            raise ClientGone()
+                        next_check = now + CLIENT_CHECK_INTERVAL
+                        sock.settimeout(max(0.001, min(config.upstream_timeout, deadline - now)))
+                    want = READ_CHUNK if self.left is None else min(READ_CHUNK, self.left)
+                    size = self.response.fp.readinto1(view[:want])
+                    if not size:
+                        break
+            if self.framing is not None and not self.framing.done or self.left:
+                raise http.client.IncompleteRead(b"", self.left)
+            if self.decoder is not None:
+                self.inspector.feed(self.decoder.flush())
+            self.finished = True
+        except socket.timeout:
+            raise UpstreamFailure("timeout", "upstream silent for %ss after %s" % (
+                config.upstream_timeout, _kb(self.inspector.size))) from None
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise UpstreamFailure("cut", "stream cut after %s (%s)" % (
+                _kb(self.inspector.size), exc.__class__.__name__), status=self.response.status) from None
+        except zlib.error:
+            raise UpstreamFailure("cut", "corrupt compressed answer after %s" % _kb(self.inspector.size)) from None
+        finally:
+            self.buffers.give(scratch)
+
+    def _take(self, scratch, view, size):
+        """Pass ``size`` raw bytes of ``scratch`` on to the inspector; True once the body is complete."""
+        if self.left is not None:
+            self.left -= size
+        spans = [(0, size)] if self.framing is None else self.framing.feed(scratch, 0, size)
+        if self.decoder is None:
+            self.inspector.feed_spans(view, spans)
+        else:
+            for start, end in spans:
+                self.inspector.feed(self.decoder.decompress(view[start:end]))
+        return self.left == 0 or (self.framing is not None and self.framing.done)
 
 
 def _judge(status, headers, content_type, inspector):
     """Turn a fully read answer into an UpstreamAnswer to deliver, or raise UpstreamFailure."""
-    body = inspector.buffer
+    body = bytes(inspector.body) if status != 200 or "json" in content_type else b""  # small: a copy
     header_map = {name.lower(): value for name, value in headers}
     if status != 200:
         error = _json_error(body)
@@ -1039,9 +1214,9 @@ def _judge(status, headers, content_type, inspector):
                               message=str(error.get("message", "")))
     verdict = inspector.verdict()
     if verdict.deliverable:
-        return UpstreamAnswer(status, headers, body, verdict)
+        return UpstreamAnswer(status, headers, inspector.body, verdict, inspector.buffer)
     if verdict.outcome == StreamVerdict.UNFINISHED:
-        raise UpstreamFailure("unterminated", "%s (%s)" % (verdict.detail, _kb(len(body))))
+        raise UpstreamFailure("unterminated", "%s (%s)" % (verdict.detail, _kb(inspector.size)))
     raise UpstreamFailure("stream_error", verdict.detail, headers=header_map,
                           message=str((verdict.error or {}).get("message") or ""))
 
@@ -1284,7 +1459,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
                          redact_url(url), len(body), request.get("model", "-"))
             try:
                 answer = attempt(config, url, body, headers, protocol, deadline, self._client_present,
-                                 self.server.upstream_sockets, self.server.pool)
+                                 self.server.upstream_sockets, self.server.pool, self.server.buffers)
             except ClientGone:
                 self._log_summary(499, attempts, 0, started, request, None, "client gone")
                 self.close_connection = True
@@ -1310,7 +1485,12 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
                     self.close_connection = True
                     return
                 continue
-            self._deliver(answer, wants_stream, attempts, started, request)
+            try:
+                self._deliver(answer, wants_stream, attempts, started, request)
+            finally:
+                if answer.buffer is not None:
+                    answer.body.release()
+                    self.server.buffers.give(answer.buffer)
             return
 
     def _client_present(self):
@@ -1359,7 +1539,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             return status, json.dumps({"error": verdict.error}).encode("utf-8")
         if verdict.terminal:  # Responses: the response object of the terminal event
             try:
-                event = json.loads(answer.body[verdict.terminal[0]:verdict.terminal[1]])
+                event = json.loads(bytes(answer.body[verdict.terminal[0]:verdict.terminal[1]]))
             except ValueError:
                 return 502, json_error_body("the upstream's terminal event is not valid JSON", code="bad_stream")
             return 200, json.dumps(event.get("response", event), ensure_ascii=False).encode("utf-8")
@@ -1473,6 +1653,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self._active = 0
         self.upstream_sockets = set()  # type: set
         self.pool = ConnectionPool()
+        self.buffers = BufferPool()
         super().__init__((config.host, config.port), handler)
 
     def count(self, name, amount=1):

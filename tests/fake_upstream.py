@@ -126,7 +126,7 @@ class Outcome(NamedTuple):
     kind: str
     text: str = "Hello from upstream"
     deltas: Optional[int] = None
-    framing: str = "chunked"  # chunked, length or close
+    framing: str = "chunked"  # see CHUNKED below: chunked, events, length or close
     gzip: bool = False
     usage: bool = True
     status: int = 200
@@ -139,6 +139,11 @@ class Outcome(NamedTuple):
     code: str = ""
     message: str = ""
     reason: str = ""
+
+
+# Framings of a streamed body: "chunked" (16 KB chunks), "events" (a chunk per SSE event),
+# "length" (Content-Length) and "close" (the end of the body closes the connection).
+CHUNKED = ("chunked", "events")
 
 
 def good(text="Hello from upstream", deltas=None, framing="chunked", gzip=False, usage=True, delay=0.0,
@@ -318,7 +323,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         if outcome.gzip:
             self.send_header("Content-Encoding", "gzip")
-        if framing == "chunked":
+        if framing in CHUNKED:
             self.send_header("Transfer-Encoding", "chunked")
         elif framing == "length":
             self.send_header("Content-Length", str(length))
@@ -328,12 +333,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def _write(self, data, framing, chunk_size=16384):
-        for start in range(0, len(data), chunk_size):
-            piece = data[start:start + chunk_size]
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if framing == "chunked" else piece)
+        if framing == "events":  # a chunk per SSE event, as Azure OpenAI sends a stream
+            pieces = [piece + b"\n\n" for piece in data.split(b"\n\n") if piece]
+        else:
+            pieces = [data[start:start + chunk_size] for start in range(0, len(data), chunk_size)]
+        for piece in pieces:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if framing in CHUNKED else piece)
 
     def _finish(self, framing):
-        if framing == "chunked":
+        if framing in CHUNKED:
             self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 

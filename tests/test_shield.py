@@ -249,6 +249,22 @@ def test_gzip_answer_is_decoded(upstream, make_proxy):
     assert "content-encoding" not in headers
 
 
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("framing", ["chunked", "events", "length", "close"])
+def test_every_framing_is_relayed_exactly(upstream, make_proxy, framing, gzip):
+    """Big answers (several reads) then a small one, whose buffer is a reused, longer one."""
+    answers = [good(text="big answer " * 30000, deltas=3000, framing=framing, gzip=gzip),
+               good(text="another big one " * 20000, deltas=2000, framing=framing, gzip=gzip),
+               good(text="small", framing=framing, gzip=gzip)]
+    upstream.plan(*answers)
+    shield = make_proxy(upstream)
+    for protocol, answer in zip(["responses", "chat", "responses"], answers):
+        status_code, _, body = streamed(shield.port, PROTOCOLS[protocol])
+        assert status_code == 200
+        assert body == upstream.sent[-1] == body_for(answer, protocol)
+    assert upstream.attempts == 3
+
+
 def test_answer_over_max_response_bytes_is_abandoned(upstream, make_proxy):
     upstream.plan(good(text="x " * 20000))
     shield = make_proxy(upstream, MAX_RESPONSE_BYTES="10000")

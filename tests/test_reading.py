@@ -1,0 +1,100 @@
+"""Reading upstream bodies: chunked framing taken off by ``ChunkedDecoder`` (fed raw bytes in
+pieces of any size), and the ``BufferPool`` that answers are read into."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import proxy
+
+
+def frame(pieces, extension=b"", trailers=b"", line_end=b"\r\n"):
+    out = b"".join(b"%x%s%s%s%s" % (len(piece), extension, line_end, piece, line_end) for piece in pieces)
+    return out + b"0" + line_end + trailers + line_end
+
+
+def decode(raw, cuts):
+    """Feed ``raw`` (followed by stale bytes the decoder must not read) cut at ``cuts``."""
+    data = bytearray(raw + b"9\r\nSTALE!!!!\r\n")
+    decoder = proxy.ChunkedDecoder()
+    out = bytearray()
+    bounds = sorted(set(cut for cut in cuts if 0 < cut < len(raw))) + [len(raw)]
+    start = 0
+    for end in bounds:
+        for span_start, span_end in decoder.feed(data, start, end):
+            assert start <= span_start <= span_end <= end
+            out += data[span_start:span_end]
+        start = end
+    return bytes(out), decoder.done
+
+
+PIECES = [b"event: a\ndata: {}\n\n", b"x" * 300, b"\r\n", b"0", b"\n", b"last"]
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 16, 1000])
+def test_every_cut_gives_the_body_and_ends_at_the_last_chunk(step):
+    raw = frame(PIECES)
+    body, done = decode(raw, range(step, len(raw), step))
+    assert body == b"".join(PIECES)
+    assert done
+
+
+@pytest.mark.parametrize("raw", [
+    frame(PIECES, extension=b";name=value"),
+    frame(PIECES, trailers=b"X-Trailer: 1\r\nX-Other: 2\r\n"),
+    frame(PIECES, line_end=b"\n"),
+    frame([b"ab"]).replace(b"2\r\n", b"2   \r\n"),
+], ids=["extension", "trailers", "bare-lf", "padded-size"])
+def test_tolerated_forms(raw):
+    for step in (1, 7, len(raw)):
+        body, done = decode(raw, range(step, len(raw), step))
+        assert (body, done) == (b"".join(PIECES) if len(raw) > 40 else b"ab", True)
+
+
+def test_a_cut_body_is_not_done():
+    raw = frame(PIECES)
+    for end in range(len(raw)):
+        _, done = decode(raw[:end], [])
+        assert not done, end
+
+
+@pytest.mark.parametrize("raw", [
+    b"zz\r\nab\r\n0\r\n\r\n",  # not hex
+    b"-2\r\nab\r\n0\r\n\r\n",  # negative
+    b"\r\nab\r\n0\r\n\r\n",  # empty size line
+    b"2\r\nabc\r\n0\r\n\r\n",  # data longer than its size
+    b"1" * 5000,  # a size line without end
+])
+def test_malformed_framing_raises_value_error(raw):
+    with pytest.raises(ValueError):
+        decode(raw, range(1, len(raw)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(pieces=st.lists(st.binary(min_size=1, max_size=50), max_size=8),
+       cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=10))
+def test_any_body_in_any_cutting(pieces, cuts):
+    raw = frame(pieces)
+    assert decode(raw, cuts) == (b"".join(pieces), True)
+
+
+def test_buffer_pool_hands_back_what_it_was_given():
+    pool = proxy.BufferPool()
+    fresh = pool.take()
+    assert len(fresh) >= proxy.READ_CHUNK
+    pool.give(fresh)
+    assert pool.take() is fresh
+    assert pool.take() is not fresh
+
+
+def test_buffer_pool_keeps_at_most_its_count_and_bytes():
+    pool = proxy.BufferPool(count=3, total=4 * proxy.READ_CHUNK)
+    buffers = [pool.take() for _ in range(5)]
+    for buf in buffers:
+        pool.give(buf)
+    assert pool.pooled_bytes == 3 * proxy.READ_CHUNK  # the count is the limit
+    pool = proxy.BufferPool(count=10, total=4 * proxy.READ_CHUNK)
+    pool.give(bytearray(3 * proxy.READ_CHUNK))
+    pool.give(bytearray(2 * proxy.READ_CHUNK))  # over the byte limit: dropped
+    pool.give(bytearray(proxy.READ_CHUNK))
+    assert pool.pooled_bytes == 4 * proxy.READ_CHUNK
