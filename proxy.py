@@ -40,6 +40,11 @@ import zlib
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 try:
+    import ctypes
+except ImportError:  # pragma: no cover - a Python built without it: the slower paths remain
+    ctypes = None  # type: ignore
+
+try:
     from dataclasses import dataclass
 except ImportError:  # pragma: no cover - Python < 3.7 is not supported anyway
     raise SystemExit("proxy.py: error: Python 3.8 or newer is required")
@@ -495,6 +500,39 @@ def _error_text(error):
     return "%s: %s" % (code, error.get("message", ""))
 
 
+def _c_memmem():
+    """The C library's ``memmem``, or None where ctypes cannot reach it (Windows)."""
+    if ctypes is None:
+        return None
+    try:
+        memmem = ctypes.CDLL(None).memmem
+    except (OSError, AttributeError, TypeError):
+        return None
+    memmem.restype = ctypes.c_void_p
+    memmem.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t)
+    return memmem
+
+
+MEMMEM = _c_memmem()
+
+
+def byte_finder(buf, end):
+    """``find(needle, start)``: ``buf.find(needle, start, end)``, with the C library's memmem
+    when there is one: on JSON text it is about twice as fast. ``buf`` must not be
+    resized while ``find`` lives."""
+    if MEMMEM is None or not end:
+        return lambda needle, start: buf.find(needle, start, end)
+    window = (ctypes.c_char * end).from_buffer(buf)
+    base = ctypes.addressof(window)
+
+    def find(needle, start):
+        if start + len(needle) > end:
+            return -1
+        hit = MEMMEM(base + start, end - start, needle, len(needle))
+        return hit - base if hit else -1
+    return find
+
+
 class StreamInspector:
     """Judges an SSE stream as its bytes arrive.
 
@@ -540,7 +578,8 @@ class StreamInspector:
         """Judge each new ``error"`` that is not ``"error": null``; wait for more bytes when cut short."""
         buf, size = self.buffer, self.size
         mark = self.ERROR_MARK
-        pos = buf.find(mark, self._searched, size)
+        find = byte_finder(buf, size)
+        pos = find(mark, self._searched)
         while pos >= 0:
             value = pos + len(mark)
             if value + 6 > size and not final:
@@ -558,7 +597,7 @@ class StreamInspector:
                 if self.error is not None:
                     return
                 pos = line_end
-            pos = buf.find(mark, pos + 1, size)
+            pos = find(mark, pos + 1)
         self._searched = max(self._searched, size - len(mark) + 1)
 
     def _judge_error_line(self, line):
@@ -1786,10 +1825,9 @@ def _big_buffers_in_mmap():
     the next big buffer grows on the heap, where a realloc can copy it: for a moment two
     copies of the answer. In a mapping, growth is a remap, never a copy.
     """
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or ctypes is None:
         return
     try:
-        import ctypes
         ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass  # another C library: it keeps its own policy

@@ -1,5 +1,5 @@
 """Reading upstream bodies: chunked framing taken off by ``ChunkedDecoder`` (fed raw bytes in
-pieces of any size), and the ``BufferPool`` that answers are read into."""
+pieces of any size), the ``BufferPool`` that answers are read into, and ``byte_finder``."""
 
 import pytest
 from hypothesis import given, settings
@@ -98,3 +98,38 @@ def test_buffer_pool_keeps_at_most_its_count_and_bytes():
     pool.give(bytearray(2 * proxy.READ_CHUNK))  # over the byte limit: dropped
     pool.give(bytearray(proxy.READ_CHUNK))
     assert pool.pooled_bytes == 4 * proxy.READ_CHUNK
+
+
+@pytest.fixture(params=["memmem", "bytearray.find"])
+def finder(request, monkeypatch):
+    if request.param == "memmem":
+        if proxy.MEMMEM is None:
+            print("no memmem in this C library: byte_finder falls back to bytearray.find")
+    else:
+        monkeypatch.setattr(proxy, "MEMMEM", None)
+    return proxy.byte_finder
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.binary(max_size=60), stale=st.binary(max_size=20), needle=st.sampled_from([b'"error"', b"ab", b"a"]),
+       start=st.integers(min_value=0, max_value=70))
+def test_byte_finder_finds_what_find_finds_and_nothing_past_the_end(text, stale, needle, start):
+    for use_memmem in (True, False):
+        saved = proxy.MEMMEM
+        if not use_memmem:
+            proxy.MEMMEM = None
+        try:
+            buf = bytearray(text + needle + stale)
+            find = proxy.byte_finder(buf, len(text))
+            assert find(needle, start) == bytes(text).find(needle, start)
+            del find
+            buf += b"x"  # released: the buffer can grow again
+        finally:
+            proxy.MEMMEM = saved
+
+
+def test_byte_finder_on_a_big_buffer(finder):
+    buf = bytearray(b'{"delta":"x"}\n' * 100000 + b'{"type":"error"}\n' + b"stale")
+    find = finder(buf, len(buf) - 5)
+    first = find(b'"error"', 0)
+    assert first == buf.find(b'"error"') and find(b'"error"', first + 1) == -1
