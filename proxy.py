@@ -19,6 +19,7 @@ import collections
 import contextlib
 import email.utils
 import errno
+import functools
 import http.client
 import http.server
 import ipaddress
@@ -66,9 +67,11 @@ OPERATIONS = ("/responses", "/chat/completions")
 READ_CHUNK = 256 * 1024
 # http.client's own buffer, which reads the status line and headers; the body bypasses it.
 HEADER_BUFFER = 16 * 1024
-# Buffers kept for reuse once an answer is delivered: at most this many, this many bytes in all.
+# Buffers kept for reuse once an answer is delivered: at most this many, this many bytes in
+# all, each for this many seconds unused.
 POOLED_BUFFERS = 64
-POOLED_BYTES = 16 * 1024 * 1024
+POOLED_BYTES = 32 * 1024 * 1024
+POOLED_SECONDS = 30.0
 # How often a long upstream read or backoff wait checks that the client is still there.
 CLIENT_CHECK_INTERVAL = 0.25
 # Seconds a stopping server gives requests in flight before it cuts them short.
@@ -341,6 +344,7 @@ def load_config(argv, environ):
 # ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_host(host):
     """Whether ``host`` (a name or address, without port) names this machine's loopback."""
     host = host.strip().strip("[]").lower().rstrip(".")
@@ -387,6 +391,7 @@ def operation_of(path):
     return None
 
 
+@functools.lru_cache(maxsize=256)
 def upstream_url(endpoint, operation, client_query=""):
     """The upstream URL for ``operation`` given AZURE_ENDPOINT.
 
@@ -505,7 +510,7 @@ def _c_memmem():
     if ctypes is None:
         return None
     try:
-        memmem = ctypes.CDLL(None).memmem
+        memmem = ctypes.PyDLL(None).memmem  # PyDLL: called holding the GIL, no hand-over per search
     except (OSError, AttributeError, TypeError):
         return None
     memmem.restype = ctypes.c_void_p
@@ -1055,29 +1060,42 @@ class ConnectionPool:
 
 class BufferPool:
     """Large buffers kept for the next answers: a reused buffer's memory is already
-    mapped, so filling it costs a copy, not a page fault per 4 KB."""
+    mapped, so filling it costs a copy, not a page fault per 4 KB (on this kind of
+    machine, faults cost more than the copy). Unused buffers go after a while."""
 
-    def __init__(self, count=POOLED_BUFFERS, total=POOLED_BYTES):
+    def __init__(self, count=POOLED_BUFFERS, total=POOLED_BYTES, seconds=POOLED_SECONDS):
         self.count = count
         self.total = total
-        self._free = []  # type: List[bytearray]
+        self.seconds = seconds
+        self._free = []  # type: List[Tuple[float, bytearray]]
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def take(self):
-        """A buffer of at least READ_CHUNK bytes, with stale contents."""
+    def take(self, biggest=False):
+        """A buffer of at least READ_CHUNK bytes with stale contents: the biggest kept, or the smallest."""
         with self._lock:
             if self._free:
-                buf = self._free.pop()
+                pick = max if biggest else min
+                index = pick(range(len(self._free)), key=lambda i: len(self._free[i][1]))
+                _, buf = self._free.pop(index)
                 self._bytes -= len(buf)
                 return buf
         return bytearray(READ_CHUNK)
 
-    def give(self, buf):
+    def give(self, buf, now=None):
         with self._lock:
             if len(self._free) < self.count and self._bytes + len(buf) <= self.total:
-                self._free.append(buf)
+                self._free.append((time.monotonic() if now is None else now, buf))
                 self._bytes += len(buf)
+
+    def trim(self, now=None):
+        """Let go of the buffers unused for ``seconds``."""
+        cutoff = (time.monotonic() if now is None else now) - self.seconds
+        with self._lock:
+            old = [buf for given, buf in self._free if given < cutoff]
+            if old:
+                self._free = [(given, buf) for given, buf in self._free if given >= cutoff]
+                self._bytes -= sum(len(buf) for buf in old)
 
     @property
     def pooled_bytes(self):
@@ -1167,7 +1185,7 @@ class AnswerReader:
         self.buffers = buffers
         self.content_type = (response.getheader("Content-Type") or "").lower()
         self.decoder = _decoder_for(response.getheader("Content-Encoding"))
-        self.inspector = StreamInspector(protocol, buffers.take())
+        self.inspector = StreamInspector(protocol, buffers.take(biggest=True))
         self.framing = ChunkedDecoder() if response.chunked else None
         self.left = response.length  # None: until the upstream closes, or the last chunk
         self.finished = False
@@ -1311,6 +1329,8 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
     # Headers and body go out as two writes; with Nagle on, a small body waits for the
     # client's delayed ACK (40 ms on Linux) before it leaves.
     disable_nagle_algorithm = True
+    # Buffered output: a small answer leaves with its headers in one write, not two.
+    wbufsize = 16 * 1024
     cors_headers = ()  # type: Tuple[Tuple[str, str], ...]
 
     # -- stdlib hooks -------------------------------------------------------
@@ -1494,8 +1514,9 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         attempts = 0
         while True:
             attempts += 1
-            logger.debug("attempt %d/%d: POST %s (%d bytes, model %s)", attempts, config.max_attempts,
-                         redact_url(url), len(body), request.get("model", "-"))
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("attempt %d/%d: POST %s (%d bytes, model %s)", attempts, config.max_attempts,
+                             redact_url(url), len(body), request.get("model", "-"))
             try:
                 answer = attempt(config, url, body, headers, protocol, deadline, self._client_present,
                                  self.server.upstream_sockets, self.server.pool, self.server.buffers)
@@ -1741,6 +1762,10 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         logger.error("internal error serving %s: %r", client_address[0], exc,
                      exc_info=logger.isEnabledFor(logging.DEBUG))
 
+    def service_actions(self):
+        """Called by serve_forever about every half second."""
+        self.buffers.trim()
+
     def server_close(self):
         super().server_close()
         self.pool.close()
@@ -1844,6 +1869,9 @@ def main(argv=None):
         return 2
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # The format shows none of these, and each costs time on every log line.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None  # the logging HOWTO's "Optimization": no stack walk to find the caller
     for handler in logging.getLogger().handlers:
         handler.addFilter(SecretFilter(config.secrets))
     if warning:

@@ -1,6 +1,8 @@
 """Reading upstream bodies: chunked framing taken off by ``ChunkedDecoder`` (fed raw bytes in
 pieces of any size), the ``BufferPool`` that answers are read into, and ``byte_finder``."""
 
+import time
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -98,6 +100,39 @@ def test_buffer_pool_keeps_at_most_its_count_and_bytes():
     pool.give(bytearray(2 * proxy.READ_CHUNK))  # over the byte limit: dropped
     pool.give(bytearray(proxy.READ_CHUNK))
     assert pool.pooled_bytes == 4 * proxy.READ_CHUNK
+
+
+def test_buffer_pool_gives_answers_the_biggest_and_reads_the_smallest():
+    pool = proxy.BufferPool()
+    sizes = [2, 5, 1, 3]
+    for size in sizes:
+        pool.give(bytearray(size * proxy.READ_CHUNK))
+    assert len(pool.take(biggest=True)) == 5 * proxy.READ_CHUNK
+    assert len(pool.take()) == 1 * proxy.READ_CHUNK
+    assert pool.pooled_bytes == 5 * proxy.READ_CHUNK
+
+
+def test_buffer_pool_lets_go_of_buffers_unused_for_its_seconds():
+    pool = proxy.BufferPool(seconds=30)
+    old, recent = bytearray(proxy.READ_CHUNK), bytearray(2 * proxy.READ_CHUNK)
+    pool.give(old, now=100.0)
+    pool.give(recent, now=125.0)
+    pool.trim(now=129.0)
+    assert pool.pooled_bytes == 3 * proxy.READ_CHUNK
+    pool.trim(now=131.0)
+    assert pool.pooled_bytes == 2 * proxy.READ_CHUNK
+    assert pool.take() is recent
+
+
+def test_the_server_trims_its_buffers_while_it_serves(upstream, make_proxy):
+    """Within the server's poll loop (service_actions), buffers past POOLED_SECONDS go."""
+    shield = make_proxy(upstream)
+    server = shield.server
+    server.buffers.give(bytearray(proxy.READ_CHUNK), now=time.monotonic() - proxy.POOLED_SECONDS - 1)
+    deadline = time.monotonic() + 5
+    while server.buffers.pooled_bytes and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.buffers.pooled_bytes == 0
 
 
 @pytest.fixture(params=["memmem", "bytearray.find"])
