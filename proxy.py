@@ -1135,6 +1135,10 @@ def attempt(config, url, body, headers, protocol, deadline, still_wanted, open_s
                 except socket.timeout:
                     raise UpstreamFailure("timeout", "connect timed out after %ss" % config.connect_timeout) \
                         from None
+                except ssl.SSLCertVerificationError as exc:  # no retry makes it trusted
+                    raise UpstreamFailure("tls", "the upstream's TLS certificate is not trusted (%s); check "
+                                          "AZURE_ENDPOINT, or set SSL_CERT_FILE to your CA bundle"
+                                          % exc.verify_message, retryable=False) from None
                 except OSError as exc:
                     raise UpstreamFailure("connect", "cannot connect: %s" % (exc.strerror or exc,)) from None
             sock = conn.sock  # kept: http.client drops conn.sock when the answer is close-delimited

@@ -410,8 +410,9 @@ class _Server(http.server.ThreadingHTTPServer):
 class FakeUpstream:
     """The scripted upstream. Use as a context manager or call start() and stop()."""
 
-    def __init__(self, port=0):
+    def __init__(self, port=0, tls=None):
         self._port = port
+        self.tls = tls  # a server-side ssl.SSLContext: serve https://localhost
         self._lock = threading.Lock()
         self._plan = [good()]  # type: List[Outcome]
         self.requests = []  # type: List[RecordedRequest]
@@ -428,6 +429,8 @@ class FakeUpstream:
         self.stopping.clear()
         self._server = _Server(("127.0.0.1", self._port), _Handler)
         self._server.fake = self
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
         self._thread.start()
@@ -458,6 +461,8 @@ class FakeUpstream:
 
     @property
     def url(self):
+        if self.tls is not None:
+            return "https://localhost:%d" % self.port
         return "http://127.0.0.1:%d" % self.port
 
     # -- script and record ------------------------------------------------------
