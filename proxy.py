@@ -1376,14 +1376,14 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             self._route_error()
             return
         try:
-            request = self._read_json_body()
+            request, raw = self._read_json_body()
         except ClientError as exc:
             self._send_json(exc.status, json_error_body(exc.message, "invalid_request_error", code=exc.code),
                             close=True)
             return
         self.server.count("requests")
         with self.server.in_flight():
-            self._shield(operation, split.query, request, started)
+            self._shield(operation, split.query, request, raw, started)
 
     def do_OPTIONS(self):
         """CORS preflight: answered only for origins in ALLOWED_ORIGINS."""
@@ -1451,6 +1451,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
     # -- request body -----------------------------------------------------------
 
     def _read_json_body(self):
+        """The request's JSON object and its bytes as sent; raise ClientError."""
         config = self.server.config
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raw = self._read_chunked(config.max_request_bytes)
@@ -1477,7 +1478,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         if not isinstance(request, dict):
             raise ClientError(400, "request body must be a JSON object, not %s" % type(request).__name__,
                               "invalid_json")
-        return request
+        return request, raw
 
     def _read_chunked(self, limit):
         parts = []
@@ -1503,13 +1504,16 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
 
     # -- the shield -------------------------------------------------------------
 
-    def _shield(self, operation, query, request, started):
+    def _shield(self, operation, query, request, raw, started):
         config = self.server.config
         wants_stream = request.get("stream") is True
-        request["stream"] = True
-        if config.forced_model:
-            request["model"] = config.forced_model
-        body = json.dumps(request, ensure_ascii=False).encode("utf-8")
+        if wants_stream and request.get("model") == (config.forced_model or request.get("model")):
+            body = raw  # Codex's case: nothing to change, so its bytes go as they came (no re-encoding)
+        else:
+            request["stream"] = True
+            if config.forced_model:
+                request["model"] = config.forced_model
+            body = json.dumps(request, ensure_ascii=False).encode("utf-8")
         url = upstream_url(config.endpoint, operation, query)
         headers = upstream_headers(self.headers.items(), config.api_key, drop_credentials=bool(config.proxy_api_key))
         protocol = "responses" if operation == "/responses" else "chat"

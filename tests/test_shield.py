@@ -216,6 +216,27 @@ def test_body_unchanged_without_forced_model(upstream, make_proxy):
     assert upstream.requests[-1].path == "/v1/chat/completions"
 
 
+def test_a_streaming_request_goes_upstream_byte_for_byte(upstream, make_proxy):
+    """Codex's case: nothing to change, so nothing is re-encoded (escapes, spacing and key order stay)."""
+    shield = make_proxy(upstream)
+    raw = b'{ "stream" : true, "input": "caf\\u00e9 \xe2\x9c\x93", "model":"gpt-mine", "n": 1.50 }'
+    status_code, _, _ = request(shield.port, path="/v1/responses", body=raw)
+    assert status_code == 200 and upstream.requests[-1].body == raw
+
+
+@pytest.mark.parametrize("body, settings", [
+    ({"stream": False, "model": "gpt-mine"}, {}),
+    ({"model": "gpt-mine"}, {}),
+    ({"stream": True, "model": "gpt-mine"}, {"FORCED_MODEL": "gpt-forced"}),
+    ({"stream": True}, {"FORCED_MODEL": "gpt-forced"}),
+], ids=["stream false", "stream missing", "other model", "no model"])
+def test_a_request_that_needs_a_change_is_rewritten(upstream, make_proxy, body, settings):
+    shield = make_proxy(upstream, **settings)
+    request(shield.port, path="/v1/responses", body=json.dumps(dict(body, input="x")).encode())
+    sent = upstream.requests[-1].json
+    assert sent["stream"] is True and sent.get("model") == settings.get("FORCED_MODEL", body.get("model"))
+
+
 def test_credentials_replaced_when_key_set(upstream, make_proxy):
     shield = make_proxy(upstream, AZURE_API_KEY="sk-real")
     streamed(shield.port, PROTOCOLS["responses"], headers={"Authorization": "Bearer dummy", "api-key": "dummy",
