@@ -50,16 +50,19 @@ def test_many_requests_with_failures_leak_nothing(upstream, make_proxy):
     import tracemalloc
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
+    pooled = shield.server.buffers.pooled_bytes
     batch(400)
     upstream.reset()
     settle(baseline_threads)
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
+    # Answer buffers kept for reuse are bounded by the pool (tests/test_reading.py), not a leak.
+    pooled = shield.server.buffers.pooled_bytes - pooled
     # pytest keeps every log record it captures: that is the test harness, not the proxy.
     harness = [tracemalloc.Filter(False, "*/logging/*"), tracemalloc.Filter(False, "*/_pytest/*")]
     grown = sum(stat.size_diff for stat in after.filter_traces(harness).compare_to(
         before.filter_traces(harness), "filename"))
-    assert grown < 256 * 1024, "%d bytes more after 400 requests" % grown
+    assert grown - pooled < 256 * 1024, "%d bytes more after 400 requests (%d pooled)" % (grown, pooled)
     assert open_fds() <= fds
 
 
