@@ -9,7 +9,8 @@ because shared machines are noisy:
 1. latency of a ~500 KB Responses stream (2,000 deltas) requested one after another
    on a keep-alive connection, direct and through the proxy; the upstream frames it in
    16 KB chunks (a fast buffered server), and, for reference, one chunk per SSE event
-   (Azure's framing);
+   (Azure's framing); and, also for reference, after a 250 KB request like a long Codex
+   session's;
 2. the proxy's CPU per MB relayed on a ~20 MB stream, and its peak memory growth as a
    multiple of the answer's size, in a fresh proxy process;
 3. requests per second of 32 concurrent clients sending small streamed requests;
@@ -49,6 +50,18 @@ except ImportError:  # pragma: no cover - Windows
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROXY = os.path.join(ROOT, "proxy.py")
 REQUEST = json.dumps({"model": "gpt-bench", "input": "Write the program.", "stream": True}).encode()
+
+
+def codex_request(turns=600):
+    """A request the size of a long Codex session's (about 250 KB): the whole history is sent each turn."""
+    message = {"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": "def f(x):\n    return x * 2  # " + "résumé text " * 20}]}
+    return json.dumps({"model": "gpt-bench", "instructions": "You are Codex. " * 500, "input": [message] * turns,
+                       "tools": [{"type": "function", "name": "shell", "parameters": {"type": "object"}}] * 10,
+                       "stream": True}, ensure_ascii=False).encode("utf-8")
+
+
+CODEX_REQUEST = codex_request()
 # Every setting the proxy reads: none of the caller's may leak into the measured proxy.
 PROXY_SETTINGS = ("AZURE_ENDPOINT", "AZURE_API_KEY", "HOST", "PORT", "FORCED_MODEL", "MAX_RETRIES",
                   "RETRY_BASE_DELAY", "RETRY_MAX_DELAY", "TOTAL_TIMEOUT", "CONNECT_TIMEOUT", "UPSTREAM_TIMEOUT",
@@ -298,9 +311,9 @@ class Client:
     def __init__(self, port):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
-    def post(self, query):
+    def post(self, query, request=REQUEST):
         started = time.perf_counter()
-        self.conn.request("POST", "/v1/responses?" + query, body=REQUEST,
+        self.conn.request("POST", "/v1/responses?" + query, body=request,
                           headers={"Content-Type": "application/json", "Authorization": "Bearer sk-bench"})
         response = self.conn.getresponse()
         body = response.read()
@@ -313,19 +326,19 @@ class Client:
         self.conn.close()
 
 
-def latency(up_port, proxy_port, query, count, warmup):
+def latency(up_port, proxy_port, query, count, warmup, request=REQUEST):
     """Median ms direct and through the proxy, in interleaved rounds so drift hits both alike."""
     direct, proxied = Client(up_port), Client(proxy_port)
     times = {"direct": [], "proxy": []}
     sizes = set()
     for _ in range(warmup):
-        direct.post(query)
-        proxied.post(query)
+        direct.post(query, request)
+        proxied.post(query, request)
     rounds = 10
     for _ in range(rounds):
         for name, client in (("direct", direct), ("proxy", proxied)):
             for _ in range(max(1, count // rounds)):
-                elapsed, body = client.post(query)
+                elapsed, body = client.post(query, request)
                 times[name].append(elapsed)
                 sizes.add(len(body))
     direct.close()
@@ -478,14 +491,17 @@ def run(quick):
     proxy = None
     try:
         proxy = Proxy(up_port)
-        for framing, label, target in (("16k", "16 KB chunks", 1.0), ("event", "a chunk per event", None)):
-            medians, done = latency(up_port, proxy.port, "size=500k&framing=" + framing, count, warmup)
+        for framing, label, target, request in (
+                ("16k", "16 KB chunks", 1.0, REQUEST), ("event", "a chunk per event", None, REQUEST),
+                ("16k", "%d KB request" % (len(CODEX_REQUEST) // 1000), None, CODEX_REQUEST)):
+            medians, done = latency(up_port, proxy.port, "size=500k&framing=" + framing, count, warmup, request)
             added = medians["proxy"] - medians["direct"]
             rows.append(("latency, %d KB stream, %s (median ms of %d)" % (sizes["500k"] // 1000, label, done),
                          "%.2f" % medians["direct"], "%.2f" % medians["proxy"],
                          "%+.2f ms, x%.2f" % (added, medians["proxy"] / medians["direct"]),
                          "<= +1 ms" if target else "(reference)", verdict(added <= target) if target else ""))
-            results["latency_" + framing] = dict(medians, added_ms=added, requests=done)
+            key = "latency_" + framing + ("_big_request" if request is CODEX_REQUEST else "")
+            results[key] = dict(medians, added_ms=added, requests=done)
 
         cost = cost_per_mb(up_port, sizes["20m"], runs)
         results["cost"] = cost
