@@ -1200,19 +1200,22 @@ class AnswerReader:
         scratch = self.buffers.take()
         next_check = time.monotonic() + CLIENT_CHECK_INTERVAL
         try:
-            # What http.client's reader holds past the headers first: asking it for more
-            # than it holds would make it block on the socket for the rest.
-            first = self.response.fp.read1(HEADER_BUFFER)
-            scratch[:len(first)] = first
-            size = len(first)
+            size = 0
+            if self.left != 0:  # Content-Length: 0, a 204 or a 304 has no body to wait for
+                # What http.client's reader holds past the headers first: asking it for more
+                # than it holds would make it block on the socket for the rest.
+                first = self.response.fp.read1(HEADER_BUFFER)
+                scratch[:len(first)] = first
+                size = len(first)
             with memoryview(scratch) as view:
-                while True:
-                    if size and self._take(scratch, view, size):
-                        break
+                while size:
+                    complete = self._take(scratch, view, size)
                     if self.inspector.size > config.max_response_bytes:
                         raise UpstreamFailure("too_large", "upstream answer over MAX_RESPONSE_BYTES (%d bytes); "
                                               "raise MAX_RESPONSE_BYTES" % config.max_response_bytes,
                                               retryable=False)
+                    if complete:
+                        break
                     now = time.monotonic()
                     if now >= next_check:
                         if not still_wanted():
@@ -1221,9 +1224,7 @@ class AnswerReader:
                         sock.settimeout(max(0.001, min(config.upstream_timeout, deadline - now)))
                     want = READ_CHUNK if self.left is None else min(READ_CHUNK, self.left)
                     size = self.response.fp.readinto1(view[:want])
-                    if not size:
-                        break
-            if self.framing is not None and not self.framing.done or self.left:
+            if (self.framing is not None and not self.framing.done) or self.left:
                 raise http.client.IncompleteRead(b"", self.left)
             if self.decoder is not None:
                 self.inspector.feed(self.decoder.flush())

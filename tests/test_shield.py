@@ -286,9 +286,26 @@ def test_every_framing_is_relayed_exactly(upstream, make_proxy, framing, gzip):
     assert upstream.attempts == 3
 
 
-def test_answer_over_max_response_bytes_is_abandoned(upstream, make_proxy):
-    upstream.plan(good(text="x " * 20000))
-    shield = make_proxy(upstream, MAX_RESPONSE_BYTES="10000")
+@pytest.mark.parametrize("code", [204, 401, 500])
+def test_an_empty_answer_is_judged_at_once(upstream, make_proxy, code):
+    """Content-Length: 0 (or a 204): nothing to wait for, so no wait for the upstream timeout."""
+    upstream.plan(status(code, body=b""), good())
+    shield = make_proxy(upstream, UPSTREAM_TIMEOUT="30")
+    started = time.monotonic()
+    status_code, _, body = streamed(shield.port, PROTOCOLS["responses"])
+    assert time.monotonic() - started < 10
+    if code == 500:
+        assert status_code == 200 and upstream.attempts == 2
+    else:
+        assert (status_code, body, upstream.attempts) == (code, b"", 1)
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length", "close"])
+def test_answer_over_max_response_bytes_is_abandoned(upstream, make_proxy, framing):
+    answer = good(text="x " * 6000, framing=framing)
+    upstream.plan(answer)
+    # One byte over: the read that completes the body is the one that crosses the limit.
+    shield = make_proxy(upstream, MAX_RESPONSE_BYTES=str(len(body_for(answer, "responses")) - 1))
     status_code, _, received = streamed(shield.port, PROTOCOLS["responses"])
     error = json.loads(received)["error"]
     assert status_code == 502 and "MAX_RESPONSE_BYTES" in error["message"]
