@@ -139,6 +139,7 @@ class Outcome(NamedTuple):
     code: str = ""
     message: str = ""
     reason: str = ""
+    trailing: bytes = b""  # sent after the body, beyond its framing (a sloppy server's stray CRLF)
 
 
 # Framings of a streamed body: "chunked" (16 KB chunks), "events" (a chunk per SSE event),
@@ -147,9 +148,9 @@ CHUNKED = ("chunked", "events")
 
 
 def good(text="Hello from upstream", deltas=None, framing="chunked", gzip=False, usage=True, delay=0.0,
-         headers=None):
+         headers=None, trailing=b""):
     return Outcome("good", text=text, deltas=deltas, framing=framing, gzip=gzip, usage=usage, delay=delay,
-                   headers=headers)
+                   headers=headers, trailing=trailing)
 
 
 def status(code, body=None, headers=None, delay=0.0):
@@ -351,6 +352,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._start_stream(outcome, outcome.framing, len(wire))
         self._write(wire, outcome.framing)
         self._finish(outcome.framing)
+        if outcome.trailing:
+            self.wfile.write(outcome.trailing)
+            self.close_connection = True  # what follows on this connection is not HTTP any more
 
     def _act_good(self, outcome, protocol, fake):
         self._stream(outcome, body_for(outcome, protocol), fake)

@@ -63,13 +63,17 @@ def test_a_cut_body_is_not_done():
 @pytest.mark.parametrize("raw", [
     b"zz\r\nab\r\n0\r\n\r\n",  # not hex
     b"-2\r\nab\r\n0\r\n\r\n",  # negative
+    b"+2\r\nab\r\n0\r\n\r\n",  # a sign
+    b"0x2\r\nab\r\n0\r\n\r\n",  # a prefix
+    b"1_0\r\n" + b"a" * 16 + b"\r\n0\r\n\r\n",  # an underscore, as Python's int() takes it
     b"\r\nab\r\n0\r\n\r\n",  # empty size line
     b"2\r\nabc\r\n0\r\n\r\n",  # data longer than its size
     b"1" * 5000,  # a size line without end
 ])
 def test_malformed_framing_raises_value_error(raw):
-    with pytest.raises(ValueError):
-        decode(raw, range(1, len(raw)))
+    for cuts in ([], range(1, len(raw))):  # read whole, and a byte at a time
+        with pytest.raises(ValueError):
+            decode(raw, cuts)
 
 
 @settings(max_examples=200, deadline=None)
@@ -149,22 +153,33 @@ def finder(request, monkeypatch):
 @given(text=st.binary(max_size=60), stale=st.binary(max_size=20), needle=st.sampled_from([b'"error"', b"ab", b"a"]),
        start=st.integers(min_value=0, max_value=70))
 def test_byte_finder_finds_what_find_finds_and_nothing_past_the_end(text, stale, needle, start):
-    for use_memmem in (True, False):
-        saved = proxy.MEMMEM
-        if not use_memmem:
-            proxy.MEMMEM = None
-        try:
+    saved = proxy.MEMMEM, proxy.MEMMEM_FROM
+    try:
+        for memmem in (saved[0], None):
+            proxy.MEMMEM, proxy.MEMMEM_FROM = memmem, 0  # memmem even for these short texts
             buf = bytearray(text + needle + stale)
-            find = proxy.byte_finder(buf, len(text))
+            find = proxy.byte_finder(buf, 0, len(text))
             assert find(needle, start) == bytes(text).find(needle, start)
             del find
-            buf += b"x"  # released: the buffer can grow again
-        finally:
-            proxy.MEMMEM = saved
+            buf += b"x"  # let go: the buffer can grow again
+    finally:
+        proxy.MEMMEM, proxy.MEMMEM_FROM = saved
 
 
 def test_byte_finder_on_a_big_buffer(finder):
     buf = bytearray(b'{"delta":"x"}\n' * 100000 + b'{"type":"error"}\n' + b"stale")
-    find = finder(buf, len(buf) - 5)
+    find = finder(buf, 0, len(buf) - 5)
     first = find(b'"error"', 0)
     assert first == buf.find(b'"error"') and find(b'"error"', first + 1) == -1
+
+
+def test_a_buffer_searched_through_memmem_cannot_move_meanwhile():
+    if proxy.MEMMEM is None:
+        pytest.skip("no memmem in this C library: nothing pins the buffer")
+    buf = bytearray(2 * proxy.MEMMEM_FROM)
+    find = proxy.byte_finder(buf, 0, len(buf))
+    assert isinstance(find, proxy.MemmemFinder)
+    with pytest.raises(BufferError):
+        buf += b"x" * proxy.READ_CHUNK
+    del find
+    buf += b"x"

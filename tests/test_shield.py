@@ -286,6 +286,22 @@ def test_every_framing_is_relayed_exactly(upstream, make_proxy, framing, gzip):
     assert upstream.attempts == 3
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_stray_bytes_after_the_body_are_ignored(upstream, make_proxy, framing):
+    """A sloppy server sends a CRLF past its Content-Length (or last chunk): the answer is
+    still whole and on time, and that connection is not reused."""
+    answer = good(text="answer", framing=framing, trailing=b"\r\n")
+    upstream.plan(answer, good(text="next"))
+    shield = make_proxy(upstream, UPSTREAM_TIMEOUT="30")
+    started = time.monotonic()
+    status_code, _, body = streamed(shield.port, PROTOCOLS["responses"])
+    assert (status_code, body) == (200, body_for(answer, "responses"))
+    assert time.monotonic() - started < 10 and upstream.attempts == 1
+    status_code, _, body = streamed(shield.port, PROTOCOLS["responses"])
+    assert (status_code, body) == (200, body_for(good(text="next"), "responses"))
+    assert upstream.attempts == 2
+
+
 @pytest.mark.parametrize("code", [204, 401, 500])
 def test_an_empty_answer_is_judged_at_once(upstream, make_proxy, code):
     """Content-Length: 0 (or a 204): nothing to wait for, so no wait for the upstream timeout."""
