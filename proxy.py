@@ -105,6 +105,7 @@ HINT_IN_MESSAGE = re.compile(
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 EVENT_TYPE = re.compile(rb'"type"\s*:\s*"([^"]+)"')
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # int(..., 16) alone would take "+2", "0x2" and "1_0"
+CHUNK_HEAD = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")  # the usual size line
 FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
 
 # ---------------------------------------------------------------------------
@@ -837,23 +838,29 @@ class ChunkedDecoder:
                 pos = stop
                 if self.left:
                     break
-                if pos + 2 <= end and data[pos:pos + 2] == b"\r\n":  # the usual case, taken without the line machinery
+                if pos + 2 <= end and data[pos:pos + 2] == b"\r\n":
                     pos += 2
                     continue
                 self.after_data = True
+            elif not (self._line or self.after_data or self.trailers):
+                head = CHUNK_HEAD.match(data, pos, end)
+                if head is not None:  # the usual case, a chunk per event: no line machinery
+                    size = int(head.group(1), 16)
+                    if size:
+                        pos = head.end()
+                        stop = pos + size
+                        if stop + 2 <= end and data[stop:stop + 2] == b"\r\n":
+                            spans.append((pos, stop))
+                            pos = stop + 2
+                        else:
+                            self.left = size
+                        continue
             eol = data.find(b"\n", pos, end)
             if eol < 0:
                 self._line += bytes(data[pos:end])
                 if len(self._line) > self.MAX_LINE:
                     raise ValueError("chunk size line over %d bytes" % self.MAX_LINE)
                 break
-            if not self._line and not self.after_data and not self.trailers:
-                digits = CHUNK_SIZE.match(data, pos, eol)
-                if digits is not None and (digits.end() == eol or (digits.end() == eol - 1 and data[eol - 1] == 13)):
-                    self.left = int(digits.group(), 16)  # the usual size line: hex digits and CRLF
-                    if self.left:
-                        pos = eol + 1
-                        continue
             line, self._line = (self._line + bytes(data[pos:eol])).strip(), b""
             pos = eol + 1
             self._take_line(line)
