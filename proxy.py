@@ -87,6 +87,8 @@ NOT_FORWARDED_RESPONSE = HOP_BY_HOP | {"content-length", "content-encoding", "da
 CREDENTIAL_HEADERS = frozenset(("authorization", "api-key"))
 
 RETRYABLE_STATUSES = frozenset((408, 409, 429))
+# OpenSSL's reasons when an https:// endpoint answers in plain HTTP: no retry changes that.
+NOT_TLS = frozenset(("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"))
 # Error codes that no retry can fix: the same request fails the same way.
 FINAL_ERROR_CODES = frozenset((
     "context_length_exceeded", "insufficient_quota", "invalid_prompt",
@@ -104,6 +106,8 @@ HINT_IN_MESSAGE = re.compile(
 )
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 EVENT_TYPE = re.compile(rb'"type"\s*:\s*"([^"]+)"')
+# A \u escape of an ASCII letter: a key written as "mod\u0065l" is "model" all the same.
+ESCAPED_LETTER = re.compile(rb"\\u00(?:[46][1-9A-Fa-f]|[57][0-9Aa])")
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # int(..., 16) alone would take "+2", "0x2" and "1_0"
 CHUNK_HEAD = re.compile(rb"([0-9A-Fa-f]{1,16})\r\n")  # the usual size line
 FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
@@ -1153,6 +1157,12 @@ def attempt(config, url, body, headers, protocol, deadline, still_wanted, open_s
                     raise UpstreamFailure("tls", "the upstream's TLS certificate is not trusted (%s); check "
                                           "AZURE_ENDPOINT, or set SSL_CERT_FILE to your CA bundle"
                                           % exc.verify_message, retryable=False) from None
+                except ssl.SSLError as exc:
+                    if exc.reason not in NOT_TLS:
+                        raise UpstreamFailure("connect", "TLS handshake failed: %s" % (exc.reason or exc,)) from None
+                    raise UpstreamFailure("tls", "the upstream does not speak TLS (%s); use http:// in "
+                                          "AZURE_ENDPOINT for a plain HTTP upstream" % exc.reason,
+                                          retryable=False) from None
                 except OSError as exc:
                     raise UpstreamFailure("connect", "cannot connect: %s" % (exc.strerror or exc,)) from None
             sock = conn.sock  # kept: http.client drops conn.sock when the answer is close-delimited
@@ -1320,6 +1330,12 @@ def json_error_body(message, kind="proxy_error", **extra):
     return json.dumps({"error": error}).encode("utf-8")
 
 
+def _says_stream_once(raw):
+    """Whether a JSON body that parsed to ``"stream": true`` names ``stream`` only once: with a
+    duplicate key, an upstream that keeps the first one would read another value."""
+    return raw.count(b'"stream"') == 1 and (raw.find(b"\\u00") < 0 or not ESCAPED_LETTER.search(raw))
+
+
 def passed_headers(pairs):
     """The upstream's response headers worth passing on; framing and Content-Type are set anew."""
     return [(name, value) for name, value in pairs
@@ -1357,6 +1373,13 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
     def setup(self):
         self.timeout = self.server.config.client_timeout  # a slow client cannot hold a thread forever
         super().setup()
+
+    def handle_expect_100(self):
+        """The stdlib writes "100 Continue" but leaves it in our output buffer: send it now."""
+        if not super().handle_expect_100():
+            return False
+        self.wfile.flush()
+        return True
 
     def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
         logger.debug("%s %s", self.address_string(), format % args)
@@ -1522,13 +1545,16 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
     def _shield(self, operation, query, request, raw, started):
         config = self.server.config
         wants_stream = request.get("stream") is True
-        if wants_stream and request.get("model") == (config.forced_model or request.get("model")):
+        if wants_stream and not config.forced_model and _says_stream_once(raw):
             body = raw  # Codex's case: nothing to change, so its bytes go as they came (no re-encoding)
         else:
             request["stream"] = True
             if config.forced_model:
                 request["model"] = config.forced_model
-            body = json.dumps(request, ensure_ascii=False).encode("utf-8")
+            try:
+                body = json.dumps(request, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate escape ("\ud83d"): keep it an escape
+                body = json.dumps(request).encode("ascii")
         url = upstream_url(config.endpoint, operation, query)
         headers = upstream_headers(self.headers.items(), config.api_key, drop_credentials=bool(config.proxy_api_key))
         protocol = "responses" if operation == "/responses" else "chat"

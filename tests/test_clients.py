@@ -92,3 +92,23 @@ def test_sdk_sees_a_clean_error_after_giving_up(upstream, make_proxy):
     with pytest.raises(openai.APIStatusError) as caught:
         client.responses.create(model="m", input="hi")
     assert caught.value.status_code == 502 and "stream cut" in str(caught.value)
+
+
+def test_a_client_that_waits_for_100_continue_gets_it_at_once(upstream, make_proxy):
+    """curl sends Expect: 100-continue for big bodies; some clients wait for it before sending."""
+    import socket
+    shield = make_proxy(upstream, CLIENT_TIMEOUT="30")
+    body = json.dumps({"model": "m", "input": "hi", "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", shield.port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(body))
+        sock.settimeout(2)  # far below CLIENT_TIMEOUT: the interim answer must not wait for it
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n")
+        sock.sendall(body)
+        sock.settimeout(5)
+        answer = b""
+        while b"response.completed" not in answer:
+            data = sock.recv(65536)
+            assert data, "connection closed before the answer"
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 200 ")

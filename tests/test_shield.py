@@ -237,6 +237,28 @@ def test_a_request_that_needs_a_change_is_rewritten(upstream, make_proxy, body, 
     assert sent["stream"] is True and sent.get("model") == settings.get("FORCED_MODEL", body.get("model"))
 
 
+@pytest.mark.parametrize("raw, settings", [
+    (b'{"model":"gpt-pricey","input":"x","stream":true,"model":"gpt-forced"}', {"FORCED_MODEL": "gpt-forced"}),
+    (b'{"model":"m","stream":false,"input":"x","stream":true}', {}),
+    (b'{"model":"m","str\\u0065am":false,"input":"x","stream":true}', {}),
+], ids=["duplicate model", "duplicate stream", "escaped duplicate"])
+def test_duplicate_keys_are_settled_before_going_upstream(upstream, make_proxy, raw, settings):
+    """An upstream that keeps the first of two keys must not read another model or stream flag."""
+    shield = make_proxy(upstream, **settings)
+    request(shield.port, path="/v1/responses", body=raw)
+    pairs = json.loads(upstream.requests[-1].body, object_pairs_hook=list)
+    keys = [key for key, _ in pairs]
+    assert keys.count("stream") == keys.count("model") == 1 and dict(pairs)["stream"] is True
+    assert dict(pairs)["model"] == settings.get("FORCED_MODEL", "m")
+
+
+def test_a_lone_surrogate_escape_is_forwarded_as_an_escape(upstream, make_proxy):
+    shield = make_proxy(upstream)
+    status_code, _, _ = request(shield.port, path="/v1/responses", body=b'{"model":"m","input":"\\ud83d"}')
+    assert status_code == 200
+    assert b'"\\ud83d"' in upstream.requests[-1].body and upstream.requests[-1].json["stream"] is True
+
+
 def test_credentials_replaced_when_key_set(upstream, make_proxy):
     shield = make_proxy(upstream, AZURE_API_KEY="sk-real")
     streamed(shield.port, PROTOCOLS["responses"], headers={"Authorization": "Bearer dummy", "api-key": "dummy",

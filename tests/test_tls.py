@@ -67,3 +67,11 @@ def test_an_untrusted_certificate_is_one_clear_error_not_retried(tls_upstream, m
     assert status_code == 502 and error["code"] == "tls" and error["attempts"] == 1
     assert "certificate" in error["message"] and "SSL_CERT_FILE" in error["message"]
     assert tls_upstream.attempts == 0
+
+
+def test_an_https_endpoint_that_speaks_plain_http_is_one_clear_error(upstream, make_proxy):
+    shield = make_proxy(upstream, AZURE_ENDPOINT=upstream.url.replace("http://", "https://") + "/v1")
+    status_code, _, body = streamed(shield.port)
+    error = json.loads(body)["error"]
+    assert status_code == 502 and error["code"] == "tls" and error["attempts"] == 1
+    assert "http://" in error["message"]
