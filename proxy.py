@@ -1279,7 +1279,8 @@ class AnswerReader:
 
 def _judge(status, headers, content_type, inspector):
     """Turn a fully read answer into an UpstreamAnswer to deliver, or raise UpstreamFailure."""
-    body = bytes(inspector.body) if status != 200 or "json" in content_type else b""  # small: a copy
+    # An error or a JSON answer is parsed below, which needs bytes; a stream is delivered as a view.
+    body = bytes(inspector.body) if status != 200 or "json" in content_type else b""
     header_map = {name.lower(): value for name, value in headers}
     if status != 200:
         error = _json_error(body)
