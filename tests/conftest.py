@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-import proxy
+from retry_shield.config import load_config
+from retry_shield.server import ShieldServer
 from tests.fake_upstream import FakeUpstream
 
 FAST_SETTINGS = {
@@ -27,7 +28,7 @@ def upstream():
 class RunningProxy:
     def __init__(self, config):
         self.config = config
-        self.server = proxy.ShieldServer(config)
+        self.server = ShieldServer(config)
         self.port = self.server.server_address[1]
         self.url = "http://127.0.0.1:%d" % self.port
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -52,7 +53,7 @@ def make_proxy():
                 environ.pop(name, None)
             else:
                 environ[name] = value
-        shield = RunningProxy(proxy.load_config([], environ))
+        shield = RunningProxy(load_config([], environ))
         running.append(shield)
         return shield
 

@@ -12,6 +12,8 @@ import time
 import pytest
 
 import proxy
+from retry_shield.config import SETTINGS
+from retry_shield.main import SHUTDOWN_GRACE
 from tests.helpers import free_port, request, wait_for_health
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,13 +34,14 @@ def test_readme_quick_start_runs_the_proxy(upstream, tmp_path):
     assert run == "python proxy.py"
     for name in ("proxy.py", ".env.example", "requirements.txt"):
         shutil.copy(os.path.join(HERE, name), str(tmp_path / name))
+    shutil.copytree(os.path.join(HERE, "retry_shield"), str(tmp_path / "retry_shield"))
     # What the user does by hand after the copy: fill in the endpoint (and here a free port).
     port = free_port()
     example = (tmp_path / ".env.example").read_text()
     assert "AZURE_ENDPOINT=" in example and "\nPORT=\n" in example
     env_text = re.sub(r"(?m)^AZURE_ENDPOINT=.*$", "AZURE_ENDPOINT=" + upstream.url + "/v1", example)
     (tmp_path / ".env").write_text(env_text.replace("\nPORT=\n", "\nPORT=%d\n" % port))
-    env = {key: value for key, value in os.environ.items() if key not in {s.env for s in proxy.SETTINGS}}
+    env = {key: value for key, value in os.environ.items() if key not in {s.env for s in SETTINGS}}
     process = subprocess.Popen([sys.executable, "proxy.py"], cwd=str(tmp_path), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -144,4 +147,4 @@ def test_sigterm_fails_a_stuck_request_cleanly_within_seconds(upstream):
     status, _, body = result["answer"]
     assert status in (502, 504) and json.loads(body)["error"]["type"] == "proxy_error"
     assert process.returncode == 0 and "Traceback" not in err
-    assert took < proxy.SHUTDOWN_GRACE + 5
+    assert took < SHUTDOWN_GRACE + 5

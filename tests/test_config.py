@@ -1,6 +1,6 @@
 """Settings: defaults, precedence (flags over environment over .env), and every start-up error.
 
-Start-up errors run through proxy.main() in this process (the script is
+Start-up errors run through main() in this process (the script is
 ``raise SystemExit(main())``), which is fast; a few run ``python proxy.py`` for real:
 the exit code of the script itself, a port in use, the banner, and life without python-dotenv.
 """
@@ -18,9 +18,13 @@ import time
 import pytest
 
 import proxy
+import retry_shield
+from retry_shield.config import SETTINGS, load_config
+from retry_shield.errors import ConfigError
+from retry_shield.main import load_env_file, main
 
 ENDPOINT = "http://127.0.0.1:9/v1"
-NAMES = [setting.env for setting in proxy.SETTINGS]
+NAMES = [setting.env for setting in SETTINGS]
 
 # The documented defaults, written out: a changed default must change the docs too.
 DEFAULTS = {
@@ -29,7 +33,7 @@ DEFAULTS = {
     "UPSTREAM_TIMEOUT": 120.0, "MAX_REQUEST_BYTES": 16 * 1024 * 1024, "MAX_RESPONSE_BYTES": 256 * 1024 * 1024,
     "LOG_LEVEL": "INFO", "PROXY_API_KEY": "", "ALLOWED_ORIGINS": (), "CLIENT_TIMEOUT": 60.0,
 }
-FIELD = {setting.env: setting.field for setting in proxy.SETTINGS}
+FIELD = {setting.env: setting.field for setting in SETTINGS}
 
 
 def settings_of(config):
@@ -60,7 +64,7 @@ def empty_env_file(tmp_path):
 
 def test_every_setting_has_a_default_but_the_endpoint():
     assert sorted(DEFAULTS) == sorted(set(NAMES) - {"AZURE_ENDPOINT"})
-    config = proxy.load_config([], {"AZURE_ENDPOINT": ENDPOINT})
+    config = load_config([], {"AZURE_ENDPOINT": ENDPOINT})
     assert config.endpoint == ENDPOINT
     assert settings_of(config) == DEFAULTS
 
@@ -72,7 +76,7 @@ def test_every_setting_is_read_from_the_environment():
                "MAX_REQUEST_BYTES": "100", "MAX_RESPONSE_BYTES": "200", "LOG_LEVEL": "debug",
                "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": "http://a.test, http://b.test:3000/", "CLIENT_TIMEOUT": "9"}
     assert sorted(environ) == sorted(NAMES)
-    config = proxy.load_config([], environ)
+    config = load_config([], environ)
     assert config.endpoint == "https://x.openai.azure.com/openai/v1"
     assert settings_of(config) == {
         "AZURE_API_KEY": "k", "HOST": "localhost", "PORT": 9999, "FORCED_MODEL": "gpt-x", "MAX_RETRIES": 3,
@@ -85,17 +89,17 @@ def test_every_setting_is_read_from_the_environment():
 def test_an_empty_value_means_the_default(empty):
     environ = dict.fromkeys(NAMES, empty)
     environ["AZURE_ENDPOINT"] = ENDPOINT
-    assert settings_of(proxy.load_config([], environ)) == DEFAULTS
+    assert settings_of(load_config([], environ)) == DEFAULTS
     environ["AZURE_ENDPOINT"] = empty
-    with pytest.raises(proxy.ConfigError, match="AZURE_ENDPOINT is not set"):
-        proxy.load_config([], environ)
+    with pytest.raises(ConfigError, match="AZURE_ENDPOINT is not set"):
+        load_config([], environ)
 
 
 def test_flags_override_the_environment():
     environ = {"AZURE_ENDPOINT": ENDPOINT, "PORT": "6000", "HOST": "127.0.0.2", "LOG_LEVEL": "ERROR"}
-    config = proxy.load_config(["--port", "7000", "--host", "localhost", "--debug"], environ)
+    config = load_config(["--port", "7000", "--host", "localhost", "--debug"], environ)
     assert (config.port, config.host, config.log_level) == (7000, "localhost", "DEBUG")
-    config = proxy.load_config([], environ)
+    config = load_config([], environ)
     assert (config.port, config.host, config.log_level) == (6000, "127.0.0.2", "ERROR")
 
 
@@ -106,13 +110,13 @@ def test_precedence_env_file_then_environment_then_flags(environ, tmp_path):
                         "FORCED_MODEL=from-file\n")
     environ.update({"PORT": "2222", "FORCED_MODEL": "from-environment"})
     argv = ["--env-file", str(env_file), "--port", "3333"]
-    assert proxy._load_env_file(argv) is None
-    config = proxy.load_config(argv, os.environ)
+    assert load_env_file(argv) is None
+    config = load_config(argv, os.environ)
     assert (config.endpoint, config.max_retries, config.host) == ("http://file.test/v1", 3, "127.0.0.3")  # file
     assert config.forced_model == "from-environment"  # environment over file
     assert config.port == 3333  # flag over environment and file
-    assert proxy.load_config(["--host", "localhost"], os.environ).host == "localhost"  # flag over file
-    assert proxy.load_config([], os.environ).port == 2222
+    assert load_config(["--host", "localhost"], os.environ).host == "localhost"  # flag over file
+    assert load_config([], os.environ).port == 2222
 
 
 BAD = [
@@ -148,8 +152,8 @@ def bad_environ(changes):
 
 @pytest.mark.parametrize("changes, message", BAD, ids=[message for _, message in BAD])
 def test_bad_settings_raise_config_error(changes, message):
-    with pytest.raises(proxy.ConfigError) as caught:
-        proxy.load_config([], bad_environ(changes))
+    with pytest.raises(ConfigError) as caught:
+        load_config([], bad_environ(changes))
     assert message in str(caught.value)
 
 
@@ -157,8 +161,8 @@ def test_bad_settings_raise_config_error(changes, message):
 def test_a_timeout_no_socket_can_take_is_refused_at_start_up(name):
     """socket.settimeout(inf) raises OverflowError; accepted, ``inf`` breaks every request later."""
     try:
-        config = proxy.load_config([], {"AZURE_ENDPOINT": ENDPOINT, name: "inf"})
-    except proxy.ConfigError as exc:
+        config = load_config([], {"AZURE_ENDPOINT": ENDPOINT, name: "inf"})
+    except ConfigError as exc:
         assert name in str(exc)
         return
     with socket.socket() as sock:
@@ -180,7 +184,7 @@ def taken_port():
 
 
 def main_in_process(argv, capsys):
-    code = proxy.main(argv)
+    code = main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -232,7 +236,7 @@ def test_missing_env_file_is_a_start_up_error(environ, tmp_path, taken_port, cap
 
 def test_help_lists_every_setting_with_its_default(environ, capsys):
     with pytest.raises(SystemExit) as caught:
-        proxy.main(["--help"])
+        main(["--help"])
     assert caught.value.code == 0
     text = capsys.readouterr().out
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ") and line.split()}
@@ -261,10 +265,10 @@ def test_env_example_and_readme_document_every_setting():
 
 def test_version(environ, capsys):
     with pytest.raises(SystemExit) as caught:
-        proxy.main(["--version"])
+        main(["--version"])
     assert caught.value.code == 0
-    assert capsys.readouterr().out == "proxy.py %s\n" % proxy.__version__
-    assert re.match(r"^\d+\.\d+\.\d+$", proxy.__version__)
+    assert capsys.readouterr().out == "proxy.py %s\n" % retry_shield.__version__
+    assert re.match(r"^\d+\.\d+\.\d+$", retry_shield.__version__)
 
 
 # ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import sys
 import pytest
 
 import proxy
+from retry_shield.config import SETTINGS
 from tests.fake_upstream import good
 from tests.helpers import STREAMED, free_port, wait_for_health
 
@@ -45,7 +46,7 @@ def proxy_process(upstream):
     if not os.path.exists("/proc/%d/task/%d/schedstat" % (os.getpid(), os.getpid())):
         pytest.skip("needs Linux's /proc/PID/task/*/schedstat to read the proxy's CPU time")
     port = free_port()
-    settings = {setting.env for setting in proxy.SETTINGS}  # none of the caller's may leak in
+    settings = {setting.env for setting in SETTINGS}  # none of the caller's may leak in
     env = {name: value for name, value in os.environ.items() if name not in settings}
     env.update(AZURE_ENDPOINT=upstream.url + "/v1", HOST="127.0.0.1", PORT=str(port), LOG_LEVEL="WARNING")
     process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,

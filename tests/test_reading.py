@@ -7,7 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import proxy
+from retry_shield import search
+from retry_shield.buffers import BufferPool, POOLED_SECONDS, READ_CHUNK
+from retry_shield.http1 import ChunkedDecoder
+from retry_shield.search import MemmemFinder
 
 
 def frame(pieces, extension=b"", trailers=b"", line_end=b"\r\n"):
@@ -18,7 +21,7 @@ def frame(pieces, extension=b"", trailers=b"", line_end=b"\r\n"):
 def decode(raw, cuts):
     """Feed ``raw`` (followed by stale bytes the decoder must not read) cut at ``cuts``."""
     data = bytearray(raw + b"9\r\nSTALE!!!!\r\n")
-    decoder = proxy.ChunkedDecoder()
+    decoder = ChunkedDecoder()
     out = bytearray()
     bounds = sorted(set(cut for cut in cuts if 0 < cut < len(raw))) + [len(raw)]
     start = 0
@@ -85,46 +88,46 @@ def test_any_body_in_any_cutting(pieces, cuts):
 
 
 def test_buffer_pool_hands_back_what_it_was_given():
-    pool = proxy.BufferPool()
+    pool = BufferPool()
     fresh = pool.take()
-    assert len(fresh) >= proxy.READ_CHUNK
+    assert len(fresh) >= READ_CHUNK
     pool.give(fresh)
     assert pool.take() is fresh
     assert pool.take() is not fresh
 
 
 def test_buffer_pool_keeps_at_most_its_count_and_bytes():
-    pool = proxy.BufferPool(count=3, total=4 * proxy.READ_CHUNK)
+    pool = BufferPool(count=3, total=4 * READ_CHUNK)
     buffers = [pool.take() for _ in range(5)]
     for buf in buffers:
         pool.give(buf)
-    assert pool.pooled_bytes == 3 * proxy.READ_CHUNK  # the count is the limit
-    pool = proxy.BufferPool(count=10, total=4 * proxy.READ_CHUNK)
-    pool.give(bytearray(3 * proxy.READ_CHUNK))
-    pool.give(bytearray(2 * proxy.READ_CHUNK))  # over the byte limit: dropped
-    pool.give(bytearray(proxy.READ_CHUNK))
-    assert pool.pooled_bytes == 4 * proxy.READ_CHUNK
+    assert pool.pooled_bytes == 3 * READ_CHUNK  # the count is the limit
+    pool = BufferPool(count=10, total=4 * READ_CHUNK)
+    pool.give(bytearray(3 * READ_CHUNK))
+    pool.give(bytearray(2 * READ_CHUNK))  # over the byte limit: dropped
+    pool.give(bytearray(READ_CHUNK))
+    assert pool.pooled_bytes == 4 * READ_CHUNK
 
 
 def test_buffer_pool_gives_answers_the_biggest_and_reads_the_smallest():
-    pool = proxy.BufferPool()
+    pool = BufferPool()
     sizes = [2, 5, 1, 3]
     for size in sizes:
-        pool.give(bytearray(size * proxy.READ_CHUNK))
-    assert len(pool.take(biggest=True)) == 5 * proxy.READ_CHUNK
-    assert len(pool.take()) == 1 * proxy.READ_CHUNK
-    assert pool.pooled_bytes == 5 * proxy.READ_CHUNK
+        pool.give(bytearray(size * READ_CHUNK))
+    assert len(pool.take(biggest=True)) == 5 * READ_CHUNK
+    assert len(pool.take()) == 1 * READ_CHUNK
+    assert pool.pooled_bytes == 5 * READ_CHUNK
 
 
 def test_buffer_pool_lets_go_of_buffers_unused_for_its_seconds():
-    pool = proxy.BufferPool(seconds=30)
-    old, recent = bytearray(proxy.READ_CHUNK), bytearray(2 * proxy.READ_CHUNK)
+    pool = BufferPool(seconds=30)
+    old, recent = bytearray(READ_CHUNK), bytearray(2 * READ_CHUNK)
     pool.give(old, now=100.0)
     pool.give(recent, now=125.0)
     pool.trim(now=129.0)
-    assert pool.pooled_bytes == 3 * proxy.READ_CHUNK
+    assert pool.pooled_bytes == 3 * READ_CHUNK
     pool.trim(now=131.0)
-    assert pool.pooled_bytes == 2 * proxy.READ_CHUNK
+    assert pool.pooled_bytes == 2 * READ_CHUNK
     assert pool.take() is recent
 
 
@@ -132,7 +135,7 @@ def test_the_server_trims_its_buffers_while_it_serves(upstream, make_proxy):
     """Within the server's poll loop (service_actions), buffers past POOLED_SECONDS go."""
     shield = make_proxy(upstream)
     server = shield.server
-    server.buffers.give(bytearray(proxy.READ_CHUNK), now=time.monotonic() - proxy.POOLED_SECONDS - 1)
+    server.buffers.give(bytearray(READ_CHUNK), now=time.monotonic() - POOLED_SECONDS - 1)
     deadline = time.monotonic() + 5
     while server.buffers.pooled_bytes and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -142,28 +145,28 @@ def test_the_server_trims_its_buffers_while_it_serves(upstream, make_proxy):
 @pytest.fixture(params=["memmem", "bytearray.find"])
 def finder(request, monkeypatch):
     if request.param == "memmem":
-        if proxy.MEMMEM is None:
+        if search.MEMMEM is None:
             print("no memmem in this C library: byte_finder falls back to bytearray.find")
     else:
-        monkeypatch.setattr(proxy, "MEMMEM", None)
-    return proxy.byte_finder
+        monkeypatch.setattr(search, "MEMMEM", None)
+    return search.byte_finder
 
 
 @settings(max_examples=300, deadline=None)
 @given(text=st.binary(max_size=60), stale=st.binary(max_size=20), needle=st.sampled_from([b'"error"', b"ab", b"a"]),
        start=st.integers(min_value=0, max_value=70))
 def test_byte_finder_finds_what_find_finds_and_nothing_past_the_end(text, stale, needle, start):
-    saved = proxy.MEMMEM, proxy.MEMMEM_FROM
+    saved = search.MEMMEM, search.MEMMEM_FROM
     try:
         for memmem in (saved[0], None):
-            proxy.MEMMEM, proxy.MEMMEM_FROM = memmem, 0  # memmem even for these short texts
+            search.MEMMEM, search.MEMMEM_FROM = memmem, 0  # memmem even for these short texts
             buf = bytearray(text + needle + stale)
-            find = proxy.byte_finder(buf, 0, len(text))
+            find = search.byte_finder(buf, 0, len(text))
             assert find(needle, start) == bytes(text).find(needle, start)
             del find
             buf += b"x"  # let go: the buffer can grow again
     finally:
-        proxy.MEMMEM, proxy.MEMMEM_FROM = saved
+        search.MEMMEM, search.MEMMEM_FROM = saved
 
 
 def test_byte_finder_on_a_big_buffer(finder):
@@ -174,12 +177,12 @@ def test_byte_finder_on_a_big_buffer(finder):
 
 
 def test_a_buffer_searched_through_memmem_cannot_move_meanwhile():
-    if proxy.MEMMEM is None:
+    if search.MEMMEM is None:
         pytest.skip("no memmem in this C library: nothing pins the buffer")
-    buf = bytearray(2 * proxy.MEMMEM_FROM)
-    find = proxy.byte_finder(buf, 0, len(buf))
-    assert isinstance(find, proxy.MemmemFinder)
+    buf = bytearray(2 * search.MEMMEM_FROM)
+    find = search.byte_finder(buf, 0, len(buf))
+    assert isinstance(find, MemmemFinder)
     with pytest.raises(BufferError):
-        buf += b"x" * proxy.READ_CHUNK
+        buf += b"x" * READ_CHUNK
     del find
     buf += b"x"

@@ -4,7 +4,9 @@ import random
 
 import pytest
 
-import proxy
+from retry_shield.config import load_config
+from retry_shield.errors import UpstreamFailure
+from retry_shield.retry import RetryPolicy, parse_duration, retry_hint
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -12,12 +14,12 @@ import proxy
     ("2h", 7200.0), (" 7s ", 7.0), ("2.5", 2.5), ("0", 0.0),
 ])
 def test_parse_duration(text, seconds):
-    assert proxy.parse_duration(text) == pytest.approx(seconds, abs=1e-12)
+    assert parse_duration(text) == pytest.approx(seconds, abs=1e-12)
 
 
 @pytest.mark.parametrize("text", ["soon", "5x", "", "1s2", "ms", "1 s", "s1"])
 def test_parse_duration_unreadable(text):
-    assert proxy.parse_duration(text) is None
+    assert parse_duration(text) is None
 
 
 NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
@@ -39,7 +41,7 @@ NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
     ({"Retry-After": "4", "x-ratelimit-reset-requests": "6m0s"}, 4.0),
 ])
 def test_retry_hint_from_headers(headers, seconds):
-    assert proxy.retry_hint(headers, "Please try again in 99s.", now=NOW) == pytest.approx(seconds, abs=1e-9)
+    assert retry_hint(headers, "Please try again in 99s.", now=NOW) == pytest.approx(seconds, abs=1e-9)
 
 
 @pytest.mark.parametrize("message, seconds", [
@@ -56,7 +58,7 @@ def test_retry_hint_from_headers(headers, seconds):
     ("Please try again in 22m27.84s.", 1347.84),
 ], ids=["1.5s", "Azure 20 seconds", "250ms", "2 seconds", "6ms", "1m2.5s", "22m27.84s"])
 def test_retry_hint_from_the_message(message, seconds):
-    assert proxy.retry_hint({}, message, now=NOW) == pytest.approx(seconds, abs=1e-9)
+    assert retry_hint({}, message, now=NOW) == pytest.approx(seconds, abs=1e-9)
 
 
 @pytest.mark.parametrize("headers, message", [
@@ -64,16 +66,16 @@ def test_retry_hint_from_the_message(message, seconds):
     ({"Retry-After": "soon"}, ""), ({"x-ratelimit-reset-requests": "whenever"}, ""), ({"Retry-After": ""}, ""),
 ])
 def test_no_hint(headers, message):
-    assert proxy.retry_hint(headers, message, now=NOW) is None
+    assert retry_hint(headers, message, now=NOW) is None
 
 
 def failure(retryable=True, headers=None, message="", kind="status"):
-    return proxy.UpstreamFailure(kind, "detail", status=503, headers=headers or {}, retryable=retryable,
+    return UpstreamFailure(kind, "detail", status=503, headers=headers or {}, retryable=retryable,
                                  message=message)
 
 
 def policy(max_retries=8, base=1.0, cap=30.0, total=600.0, rng=lambda: 1.0):
-    return proxy.RetryPolicy(max_retries, base, cap, total, rng=rng)
+    return RetryPolicy(max_retries, base, cap, total, rng=rng)
 
 
 def test_backoff_doubles_and_is_capped():
@@ -100,7 +102,7 @@ def test_jitter_stays_between_three_quarters_and_the_ceiling():
 
 
 def test_the_default_rng_jitters_too():
-    rule = proxy.RetryPolicy(8, 2.0, 30.0, 600.0)
+    rule = RetryPolicy(8, 2.0, 30.0, 600.0)
     waits = {rule.next_wait(failure(), 1, 0.0) for _ in range(50)}
     assert len(waits) > 1 and all(1.5 <= wait <= 2.0 for wait in waits)
 
@@ -140,9 +142,9 @@ def test_non_retryable_failures_give_up_at_once():
 
 
 def test_policy_from_config():
-    config = proxy.load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:9/v1", "MAX_RETRIES": "2",
+    config = load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:9/v1", "MAX_RETRIES": "2",
                                     "RETRY_BASE_DELAY": "0.25", "RETRY_MAX_DELAY": "0.5", "TOTAL_TIMEOUT": "3"})
-    rule = proxy.RetryPolicy.from_config(config)
+    rule = RetryPolicy.from_config(config)
     assert (rule.max_retries, rule.base_delay, rule.max_delay, rule.total_timeout) == (2, 0.25, 0.5, 3.0)
     assert rule.next_wait(failure(), 3, 0.0) is None
     assert 0.375 <= rule.next_wait(failure(), 2, 0.0) <= 0.5

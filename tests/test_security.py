@@ -8,6 +8,8 @@ import sys
 import pytest
 
 import proxy
+from retry_shield.config import load_config
+from retry_shield.errors import ConfigError
 from tests.helpers import free_port, request, wait_for_health
 
 SECRET = "sk-upstream-SECRET-0123456789"
@@ -19,9 +21,9 @@ def error_code(body):
 
 
 def test_non_loopback_host_without_proxy_key_refuses_to_start():
-    with pytest.raises(proxy.ConfigError, match="PROXY_API_KEY"):
-        proxy.load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:1/v1", "HOST": "0.0.0.0"})
-    config = proxy.load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:1/v1", "HOST": "0.0.0.0",
+    with pytest.raises(ConfigError, match="PROXY_API_KEY"):
+        load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:1/v1", "HOST": "0.0.0.0"})
+    config = load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:1/v1", "HOST": "0.0.0.0",
                                     "PROXY_API_KEY": PROXY_SECRET})
     assert config.host == "0.0.0.0"
 
@@ -127,8 +129,8 @@ def test_loopback_host_names_are_served(upstream, make_proxy, host):
 
 
 def test_bad_allowed_origins_setting_is_a_start_up_error():
-    with pytest.raises(proxy.ConfigError, match="ALLOWED_ORIGINS"):
-        proxy.load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:1/v1", "ALLOWED_ORIGINS": "localhost:3000"})
+    with pytest.raises(ConfigError, match="ALLOWED_ORIGINS"):
+        load_config([], {"AZURE_ENDPOINT": "http://127.0.0.1:1/v1", "ALLOWED_ORIGINS": "localhost:3000"})
 
 
 def test_keys_never_leak_into_logs_errors_or_health(upstream, tmp_path):

@@ -436,7 +436,7 @@ def test_connect_timeout_is_retried_then_504(make_proxy):
 
 
 def test_log_lines(upstream, make_proxy, caplog):
-    caplog.set_level("INFO", logger="proxy")
+    caplog.set_level("INFO", logger="retry_shield")
     upstream.plan(cut(41 * 1024 + 10, text="x" * 60000), good(text="x" * 60000))
     shield = make_proxy(upstream, RETRY_BASE_DELAY="0.01", RETRY_MAX_DELAY="0.01")
     streamed(shield.port, PROTOCOLS["responses"], body={"model": "gpt-log", "input": "hi"})

@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-import proxy
+from retry_shield.aggregate import assemble_chat_completion
+from retry_shield.sse import StreamInspector, StreamVerdict
 
-V = proxy.StreamVerdict
+V = StreamVerdict
 COMPACT = (",", ":")
 
 
@@ -140,7 +141,7 @@ TRICKY = ('The "error" key; error" here, "type":"error", {"error": {"code": "ser
 
 def feed(protocol, body, sizes):
     """Feed ``body`` in pieces whose sizes come from the iterator ``sizes``; return the verdict."""
-    inspector = proxy.StreamInspector(protocol)
+    inspector = StreamInspector(protocol)
     start = 0
     while start < len(body):
         size = next(sizes)
@@ -151,7 +152,7 @@ def feed(protocol, body, sizes):
 
 
 def whole(protocol, body):
-    inspector = proxy.StreamInspector(protocol)
+    inspector = StreamInspector(protocol)
     inspector.feed(body)
     return inspector.verdict()
 
@@ -170,7 +171,7 @@ def in_a_reused_buffer(protocol, body):
     stale = (error_event("server_error") + responses_body() if protocol == "responses"
              else chat_error("server_error") + chat_body())
     buffer = bytearray(stale * (2 + len(body) // len(stale)))
-    inspector = proxy.StreamInspector(protocol, buffer)
+    inspector = StreamInspector(protocol, buffer)
     for start in range(0, len(body), 61):
         inspector.feed(body[start:start + 61])
     assert bytes(inspector.body) == body
@@ -331,7 +332,7 @@ def test_chat_error_line_keeps_the_error():
 
 
 def test_assemble_text_answer():
-    completion = proxy.assemble_chat_completion(chat_body(deltas=TRICKY))
+    completion = assemble_chat_completion(chat_body(deltas=TRICKY))
     assert completion["object"] == "chat.completion"
     assert (completion["id"], completion["created"], completion["model"], completion["system_fingerprint"]) == (
         "chatcmpl-1", 1700000000, "gpt-4.1-2025-04-14", "fp_1")
@@ -344,13 +345,13 @@ def test_assemble_text_answer():
 
 
 def test_assemble_without_usage_has_no_usage():
-    assert "usage" not in proxy.assemble_chat_completion(chat_body(usage=None))
+    assert "usage" not in assemble_chat_completion(chat_body(usage=None))
 
 
 def test_assemble_refusal():
     body = (chunk({"role": "assistant", "content": None, "refusal": ""}) + chunk({"refusal": "I can"})
             + chunk({"refusal": "'t help with that."}) + chunk({}, finish="stop") + b"data: [DONE]\n\n")
-    (choice,) = proxy.assemble_chat_completion(body)["choices"]
+    (choice,) = assemble_chat_completion(body)["choices"]
     assert choice["message"]["refusal"] == "I can't help with that."
     assert choice["message"]["content"] is None
 
@@ -365,7 +366,7 @@ def test_assemble_tool_calls_with_arguments_joined():
             + call(1, id="call_b", type="function", function={"name": "shell", "arguments": '{"cmd":'})
             + call(0, function={"arguments": '"n": 1}'}) + call(1, function={"arguments": ' ["ls", "-l"]}'})
             + chunk({}, finish="tool_calls") + chunk(choices=False, usage=CHAT_USAGE) + b"data: [DONE]\n\n")
-    completion = proxy.assemble_chat_completion(body)
+    completion = assemble_chat_completion(body)
     (choice,) = completion["choices"]
     assert choice["finish_reason"] == "tool_calls" and completion["usage"] == CHAT_USAGE
     message = choice["message"]
@@ -383,7 +384,7 @@ def test_assemble_several_choices():
             + chunk({"content": "A"}, index=1) + chunk({"content": "x"}, index=0) + chunk({"content": "B"}, index=1)
             + chunk({}, finish="length", index=1) + chunk({"content": "y"}, index=0) + chunk({}, finish="stop")
             + b"data: [DONE]\n\n")
-    choices = proxy.assemble_chat_completion(body)["choices"]
+    choices = assemble_chat_completion(body)["choices"]
     assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in choices] == [
         (0, "xy", "stop"), (1, "AB", "length")]
 
@@ -397,7 +398,7 @@ def test_assemble_joins_logprobs_of_every_chunk():
             + chunk({"content": "Hel"}, logprobs={"content": [token("Hel")], "refusal": None})
             + chunk({"content": "lo"}, logprobs={"content": [token("lo")], "refusal": None})
             + chunk({}, finish="stop") + b"data: [DONE]\n\n")
-    (choice,) = proxy.assemble_chat_completion(body)["choices"]
+    (choice,) = assemble_chat_completion(body)["choices"]
     assert choice["message"]["content"] == "Hello"
     assert choice["logprobs"]["content"] == [token("Hel"), token("lo")]
 
@@ -422,7 +423,7 @@ def big_responses_stream(deltas):
 
 def inspection_cpu(protocol, body, chunk_size=64 * 1024):
     started = time.process_time()
-    inspector = proxy.StreamInspector(protocol)
+    inspector = StreamInspector(protocol)
     for start in range(0, len(body), chunk_size):
         inspector.feed(body[start:start + chunk_size])
     verdict = inspector.verdict()
@@ -450,7 +451,7 @@ def test_inspection_cost_is_linear():
 def test_a_reused_buffer_still_viewed_elsewhere_is_left_for_a_fresh_one():
     buffer = bytearray(8)
     view = memoryview(buffer)  # e.g. an answer still being sent: this buffer cannot grow
-    inspector = proxy.StreamInspector("responses", buffer)
+    inspector = StreamInspector("responses", buffer)
     body = responses_body()
     inspector.feed(body[:5])
     inspector.feed(body[5:])

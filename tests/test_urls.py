@@ -2,7 +2,8 @@
 
 import pytest
 
-import proxy
+from retry_shield.http1 import upstream_headers
+from retry_shield.routes import is_loopback_host, operation_of, redact_url, upstream_url
 
 
 @pytest.mark.parametrize("path, operation", [
@@ -13,7 +14,7 @@ import proxy
     ("/", None), ("/v1/responses/resp_123", None), ("/health", None),
 ])
 def test_operation_of(path, operation):
-    assert proxy.operation_of(path) == operation
+    assert operation_of(path) == operation
 
 
 AZURE_FULL = "https://x.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21"
@@ -50,7 +51,7 @@ AZURE_FULL = "https://x.openai.azure.com/openai/deployments/gpt/chat/completions
     ("http://127.0.0.1:1234/v1", "/responses", "a=1&a=2", "http://127.0.0.1:1234/v1/responses?a=1&a=2"),
 ])
 def test_upstream_url(endpoint, operation, query, url):
-    assert proxy.upstream_url(endpoint, operation, query) == url
+    assert upstream_url(endpoint, operation, query) == url
 
 
 @pytest.mark.parametrize("url, redacted", [
@@ -63,8 +64,8 @@ def test_upstream_url(endpoint, operation, query, url):
     ("http://user:SECRET@[::1]:1234/v1?k=SECRET", "http://[::1]:1234/v1"),
 ])
 def test_redact_url_drops_userinfo_and_query(url, redacted):
-    assert proxy.redact_url(url) == redacted
-    assert "SECRET" not in proxy.redact_url(url)
+    assert redact_url(url) == redacted
+    assert "SECRET" not in redact_url(url)
 
 
 def names(headers):
@@ -87,31 +88,31 @@ PASSED = {"Content-Type": "application/json", "OpenAI-Beta": "responses=v1", "Us
 
 
 def test_with_a_key_ours_replace_the_clients_credentials():
-    headers = proxy.upstream_headers(CLIENT, "sk-real")
+    headers = upstream_headers(CLIENT, "sk-real")
     assert headers == dict(PASSED, **{"api-key": "sk-real", "Authorization": "Bearer sk-real",
                                       "Accept-Encoding": "identity"})
 
 
 def test_without_a_key_the_clients_credentials_pass_through():
-    headers = proxy.upstream_headers(CLIENT, "")
+    headers = upstream_headers(CLIENT, "")
     assert headers == dict(PASSED, **{"authorization": "Bearer client-key", "API-Key": "client-key",
                                       "Accept-Encoding": "identity"})
 
 
 def test_without_any_key_no_credentials_are_invented():
-    headers = proxy.upstream_headers([("Content-Type", "application/json")], "")
+    headers = upstream_headers([("Content-Type", "application/json")], "")
     assert headers == {"Content-Type": "application/json", "Accept-Encoding": "identity"}
 
 
 def test_proxy_key_is_never_forwarded():
-    headers = proxy.upstream_headers(CLIENT, "", drop_credentials=True)
+    headers = upstream_headers(CLIENT, "", drop_credentials=True)
     assert not names(headers) & {"authorization", "api-key"}
-    assert proxy.upstream_headers(CLIENT, "sk-real", drop_credentials=True)["api-key"] == "sk-real"
+    assert upstream_headers(CLIENT, "sk-real", drop_credentials=True)["api-key"] == "sk-real"
 
 
 @pytest.mark.parametrize("api_key", ["", "sk-real"])
 def test_hop_by_hop_host_length_and_connection_named_headers_are_dropped(api_key):
-    headers = proxy.upstream_headers(CLIENT, api_key)
+    headers = upstream_headers(CLIENT, api_key)
     assert not names(headers) & NEVER
     assert [value for name, value in headers.items() if name.lower() == "accept-encoding"] == ["identity"]
 
@@ -122,4 +123,4 @@ def test_hop_by_hop_host_length_and_connection_named_headers_are_dropped(api_key
     ("localhost.example.com", False),
 ])
 def test_is_loopback_host(host, loopback):
-    assert proxy.is_loopback_host(host) is loopback
+    assert is_loopback_host(host) is loopback

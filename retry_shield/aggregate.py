@@ -1,0 +1,99 @@
+"""Aggregation: a judged, buffered stream turned into the JSON a non-streaming client expects."""
+
+import json
+from typing import Any, Dict, Tuple, Union
+
+from .sse import StreamVerdict, iter_sse_data
+
+
+def stream_as_json(body: Union[bytes, memoryview], verdict: StreamVerdict) -> Tuple[int, Any]:
+    """The status and JSON value a non-streaming client gets for a deliverable stream.
+
+    A final error is answered as the API answers a non-streaming request; a Responses
+    stream becomes the response object of its terminal event; a Chat Completions
+    stream is assembled into one ``chat.completion``. None as the value: the terminal
+    event is not valid JSON.
+    """
+    if verdict.outcome == StreamVerdict.FAILED:
+        status = 429 if (verdict.error or {}).get("code") == "insufficient_quota" else 400
+        return status, {"error": verdict.error}
+    if verdict.terminal:
+        try:
+            event = json.loads(bytes(body[verdict.terminal[0]:verdict.terminal[1]]))
+        except ValueError:
+            return 502, None
+        return 200, event.get("response", event)
+    return 200, assemble_chat_completion(body)
+
+
+def assemble_chat_completion(body: Union[bytes, memoryview]) -> Dict[str, Any]:
+    """Turn a buffered Chat Completions stream into the ``chat.completion`` a non-streaming client expects."""
+    completion: Dict[str, Any] = {"object": "chat.completion", "choices": []}
+    choices: Dict[int, Dict[str, Any]] = {}
+    for payload in iter_sse_data(body):
+        if payload == b"[DONE]":
+            continue
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        for key in ("id", "created", "model", "system_fingerprint", "service_tier"):
+            if chunk.get(key) is not None:
+                completion[key] = chunk[key]
+        if chunk.get("usage"):
+            completion["usage"] = chunk["usage"]
+        for delta_choice in chunk.get("choices") or ():
+            _merge_choice(choices, delta_choice)
+    completion["choices"] = [_finish_choice(choices[index]) for index in sorted(choices)]
+    return completion
+
+
+def _merge_choice(choices: Dict[int, Dict[str, Any]], delta_choice: Dict[str, Any]) -> None:
+    index = delta_choice.get("index", 0)
+    choice = choices.setdefault(index, {"index": index, "message": {"role": "assistant"},
+                                        "parts": {}, "tools": {}, "finish_reason": None})
+    delta = delta_choice.get("delta") or {}
+    for field in ("content", "refusal"):
+        if delta.get(field) is not None:
+            choice["parts"].setdefault(field, []).append(delta[field])
+    if delta.get("role"):
+        choice["message"]["role"] = delta["role"]
+    for call in delta.get("tool_calls") or ():
+        slot = choice["tools"].setdefault(call.get("index", 0), {"type": "function", "arguments": [],
+                                                                 "function": {}})
+        if call.get("id"):
+            slot["id"] = call["id"]
+        if call.get("type"):
+            slot["type"] = call["type"]
+        function = call.get("function") or {}
+        if function.get("name"):
+            slot["function"]["name"] = function["name"]
+        if function.get("arguments"):
+            slot["arguments"].append(function["arguments"])
+    if delta_choice.get("finish_reason"):
+        choice["finish_reason"] = delta_choice["finish_reason"]
+    logprobs = delta_choice.get("logprobs")
+    if isinstance(logprobs, dict):
+        merged = choice.setdefault("logprobs", {"content": None, "refusal": None})
+        for key in ("content", "refusal"):
+            if isinstance(logprobs.get(key), list):
+                if merged[key] is None:
+                    merged[key] = []
+                merged[key].extend(logprobs[key])
+
+
+def _finish_choice(choice: Dict[str, Any]) -> Dict[str, Any]:
+    message = choice["message"]
+    message["content"] = "".join(choice["parts"]["content"]) if "content" in choice["parts"] else None
+    message["refusal"] = "".join(choice["parts"]["refusal"]) if "refusal" in choice["parts"] else None
+    if choice["tools"]:
+        message["tool_calls"] = []
+        for index in sorted(choice["tools"]):
+            slot = choice["tools"][index]
+            function = dict(slot["function"], arguments="".join(slot["arguments"]))
+            call = {"id": slot.get("id"), "type": slot["type"], "function": function}
+            message["tool_calls"].append(call)
+    return {"index": choice["index"], "message": message, "logprobs": choice.get("logprobs"),
+            "finish_reason": choice["finish_reason"]}

@@ -1,0 +1,102 @@
+"""Retry decisions: which statuses are worth another attempt, the upstream's wait hints, and the backoff."""
+
+import email.utils
+import random
+import re
+import time
+from typing import Any, Callable, Mapping, Optional
+
+from .errors import UpstreamFailure
+
+RETRYABLE_STATUSES = frozenset((408, 409, 429))
+HINT_IN_MESSAGE = re.compile(
+    r"(?:try again in|retry after)\s+((?:\d+(?:\.\d+)?(?:ms|h|m|s))+(?![a-z])|\d+(?:\.\d+)?)"
+    r"\s*(milliseconds?|seconds?|secs?|ms|s)?\b",
+    re.IGNORECASE,
+)
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def parse_duration(text: str) -> Optional[float]:
+    """Seconds in ``6m0s``, ``1s``, ``12ms``, ``1h2m`` or a plain number; None if unreadable."""
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(number) * scale[unit] for number, unit in parts)
+
+
+def retry_hint(headers: Mapping[str, str], message: str = "", now: Optional[float] = None) -> Optional[float]:
+    """The wait in seconds the upstream asks for, if it says: headers first, then its message."""
+    headers = {name.lower(): value for name, value in headers.items()}
+    if "retry-after-ms" in headers:
+        try:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000.0)
+        except ValueError:
+            pass
+    if "retry-after" in headers:
+        value = headers["retry-after"].strip()
+        seconds = parse_duration(value) if value.replace(".", "", 1).isdigit() else None
+        if seconds is None:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None:
+                now = time.time() if now is None else now
+                seconds = max(0.0, when.timestamp() - now)
+        if seconds is not None:
+            return seconds
+    resets = [parse_duration(headers[name]) for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+              if name in headers]
+    resets = [seconds for seconds in resets if seconds is not None]
+    if resets:
+        return max(resets)
+    match = HINT_IN_MESSAGE.search(message or "")
+    if match:
+        amount, unit = match.group(1).lower(), (match.group(2) or "s").lower()
+        if not amount.replace(".", "", 1).isdigit():  # a duration such as 1m2.5s or 250ms
+            return parse_duration(amount)
+        return float(amount) / (1000.0 if unit.startswith("m") else 1.0)
+    return None
+
+
+class RetryPolicy:
+    """Decides, after a failed attempt, how long to wait before the next one, or to give up."""
+
+    def __init__(self, max_retries: int, base_delay: float, max_delay: float, total_timeout: float,
+                 rng: Optional[Callable[[], float]] = None) -> None:
+        self.max_retries = max_retries
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.total_timeout = total_timeout
+        self.random = rng or random.random
+
+    @classmethod
+    def from_config(cls, config: Any) -> "RetryPolicy":
+        return cls(config.max_retries, config.retry_base_delay, config.retry_max_delay, config.total_timeout)
+
+    def backoff(self, retry_number: int) -> float:
+        """Progressive wait before retry ``retry_number`` (0 for the first), with jitter."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** min(retry_number, 32))
+        return ceiling * (0.75 + 0.25 * self.random())
+
+    def next_wait(self, failure: UpstreamFailure, attempts_made: int, elapsed: float) -> Optional[float]:
+        """Seconds to wait before the next attempt, or None to give up.
+
+        ``attempts_made`` counts attempts so far (1 after the first); ``elapsed`` is the
+        time since the request arrived. An upstream hint (Retry-After and friends)
+        wins over the backoff, but never stretches the request past total_timeout.
+        """
+        if not failure.retryable or attempts_made > self.max_retries:
+            return None
+        hint = retry_hint(failure.headers, failure.message)
+        wait = hint if hint is not None else self.backoff(attempts_made - 1)
+        if elapsed + wait >= self.total_timeout:
+            return None
+        return wait
