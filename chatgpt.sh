@@ -19,6 +19,8 @@ KEY_VARIABLE="RETRY_SHIELD_API_KEY"
 
 proxy_pid=""
 client_pid=""
+port_setting=""
+key_setting=""
 
 say() { printf 'chatgpt.sh: %s\n' "$*" >&2; }
 
@@ -33,19 +35,38 @@ script_dir() {
   cd -P "$(dirname "$source")" && pwd
 }
 
-# A setting from the environment, else from .env, else the default given.
-setting() {
-  local name="$1" default="$2" value=""
-  if [ -n "${!name:-}" ]; then
-    printf '%s' "${!name}"
-    return
+# Prints, each ended by a NUL: 1 or 0 (whether python-dotenv is there), then each setting
+# named as proxy.py will see it: from the environment, else from .env, read by python-dotenv
+# just as proxy.py reads it (load_dotenv without override), stripped; empty when unset.
+# Without python-dotenv, from the environment only, as for the proxy. Run from the script's
+# folder, so that python3 imports what proxy.py imports, whatever the working directory.
+SETTINGS_READER='
+import os, sys
+path, names = sys.argv[1], sys.argv[2:]
+try:
+    from dotenv import load_dotenv
+except ImportError:
+    load_dotenv = None
+if load_dotenv is not None and os.path.isfile(path):
+    load_dotenv(path, override=False)
+fields = ["1" if load_dotenv is not None else "0"] + [os.environ.get(name, "").strip() for name in names]
+sys.stdout.write("".join(field + "\0" for field in fields))
+'
+
+# Sets port_setting and key_setting (PORT and PROXY_API_KEY, empty when unset), never with a
+# .env parser of its own, so that the wrapper and the proxy cannot disagree.
+read_settings() {
+  local have_dotenv=""
+  {
+    IFS= read -r -d '' have_dotenv && IFS= read -r -d '' port_setting && IFS= read -r -d '' key_setting
+  } < <(cd "$HERE" && "$PYTHON" -c "$SETTINGS_READER" "$ENV_FILE" PORT PROXY_API_KEY) || {
+    say "could not read the settings from the environment and $ENV_FILE (see the error above)"
+    exit 1
+  }
+  if [ "$have_dotenv" != 1 ] && [ -f "$ENV_FILE" ]; then
+    say "python-dotenv is not installed for $PYTHON, so neither this script nor the proxy reads" \
+      "$ENV_FILE; settings come from the environment only (install it: pip install -r requirements.txt)"
   fi
-  if [ -f "$ENV_FILE" ]; then
-    value="$(sed -n "s/^[[:space:]]*${name}[[:space:]]*=[[:space:]]*//p" "$ENV_FILE" | tail -n 1)"
-    value="${value%$'\r'}"
-    value="${value%\"}"; value="${value#\"}"; value="${value%\'}"; value="${value#\'}"
-  fi
-  printf '%s' "${value:-$default}"
 }
 
 # 0: this proxy answers on the port; 1: something else does; 2: nothing listens.
@@ -144,7 +165,8 @@ main() {
   fi
 
   local port log
-  port="$(setting PORT 8888)"
+  read_settings
+  port="${port_setting:-8888}"
   log="${SHIELD_LOG:-${TMPDIR:-/tmp}/retry-shield-$port.log}"
   trap cleanup EXIT
   trap 'on_signal 130' INT
@@ -154,7 +176,7 @@ main() {
 
   local base_url="http://127.0.0.1:$port/v1"
   export OPENAI_BASE_URL="$base_url"  # for clients that are not Codex
-  export "$KEY_VARIABLE"="$(setting PROXY_API_KEY dummy-key-the-proxy-holds-the-real-one)"
+  export "$KEY_VARIABLE"="${key_setting:-dummy-key-the-proxy-holds-the-real-one}"
   local overrides=()
   case "$(basename "$CLIENT_EXECUTABLE")" in
     codex*)

@@ -140,6 +140,7 @@ class Outcome(NamedTuple):
     message: str = ""
     reason: str = ""
     trailing: bytes = b""  # sent after the body, beyond its framing (a sloppy server's stray CRLF)
+    echo: str = ""  # a top-level key of the request's JSON: its string value is appended to ``text``
 
 
 # Framings of a streamed body: "chunked" (16 KB chunks), "events" (a chunk per SSE event),
@@ -148,9 +149,10 @@ CHUNKED = ("chunked", "events")
 
 
 def good(text="Hello from upstream", deltas=None, framing="chunked", gzip=False, usage=True, delay=0.0,
-         headers=None, trailing=b""):
+         headers=None, trailing=b"", echo=""):
+    """A whole good stream; with ``echo``, its text ends with the request's ``echo`` field (one answer per client)."""
     return Outcome("good", text=text, deltas=deltas, framing=framing, gzip=gzip, usage=usage, delay=delay,
-                   headers=headers, trailing=trailing)
+                   headers=headers, trailing=trailing, echo=echo)
 
 
 def status(code, body=None, headers=None, delay=0.0):
@@ -284,6 +286,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         seen = RecordedRequest(self.command, path, query, {k.lower(): v for k, v in self.headers.items()},
                                body, parsed, time.monotonic(), self.client_address)
+        self.seen = seen
         return self.server.fake.record(seen)
 
     def do_GET(self):
@@ -301,6 +304,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_plain(404, b'{"error": {"message": "not found"}}', "application/json")
             return
         outcome = fake.outcome(index)
+        if outcome.echo:
+            request = self.seen.json if isinstance(self.seen.json, dict) else {}
+            outcome = outcome._replace(text=outcome.text + str(request.get(outcome.echo, "")))
         if outcome.delay and fake.stopping.wait(outcome.delay):
             return
         protocol = "responses" if path.endswith("/responses") else "chat"

@@ -179,3 +179,15 @@ def test_stall_sends_headers_then_ends_on_stop():
         response.read()
     conn.close()
     assert time.monotonic() - started < 5
+
+
+def test_echo_appends_a_field_of_each_request_to_the_text():
+    with FakeUpstream() as fake:
+        fake.plan(good(text="answer to ", echo="input"))
+        for protocol, marker in (("responses", "client-1"), ("chat", "client-2")):
+            body = json.dumps({"model": "m", "input": marker, "stream": True}).encode()
+            code, _, received = post(fake, PATHS[protocol], body=body)
+            expected = responses_stream("answer to " + marker) if protocol == "responses" \
+                else chat_stream("answer to " + marker)
+            assert code == 200 and received == expected == fake.sent[-1]
+        assert post(fake, body=b"not json")[2] == responses_stream("answer to ")  # nothing to echo

@@ -358,14 +358,22 @@ def test_models_forwarded_once(upstream, make_proxy):
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(upstream, make_proxy):
+    """http.client reconnects silently, so the socket itself is compared: one socket, one local port."""
     import http.client
     shield = make_proxy(upstream)
     conn = http.client.HTTPConnection("127.0.0.1", shield.port, timeout=30)
-    for _ in range(3):
-        conn.request("POST", "/v1/responses", body=json.dumps({"model": "m", "input": "x", "stream": True}))
-        response = conn.getresponse()
-        assert response.status == 200 and response.read() == upstream.sent[-1]
-    conn.close()
+    conn.connect()
+    sock, local = conn.sock, conn.sock.getsockname()
+    try:
+        for number in range(3):
+            conn.request("POST", "/v1/responses", body=json.dumps({"model": "m", "input": "x", "stream": True}))
+            response = conn.getresponse()
+            assert response.status == 200 and response.read() == upstream.sent[-1]
+            assert not response.will_close, "answer %d closes the connection" % (number + 1)
+            assert conn.sock is sock and sock.getsockname() == local, "request %d used a new connection" % (
+                number + 1)
+    finally:
+        conn.close()
 
 
 def test_client_gone_stops_retrying(upstream, make_proxy):
@@ -394,16 +402,37 @@ def test_health_counts_requests_and_retries(upstream, make_proxy):
 
 
 def test_concurrent_requests_are_shielded_independently(upstream, make_proxy):
-    upstream.plan(status(429), good(text="one"), status(500), good(text="two"))
+    """Eight clients at once, two of them retried: each gets its own answer, byte for byte.
+
+    The upstream echoes each request's ``input`` into its answer, and the answers differ in
+    size (one read to several), so answers crossed between clients or buffers shared between
+    them show.
+    """
+    answer = good(text="answer to ", echo="input", delay=0.2)  # 0.2 s: the attempts overlap upstream
+    upstream.plan(status(429), answer, status(500), answer)
     shield = make_proxy(upstream)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(streamed(shield.port, PROTOCOLS["chat"])))
-               for _ in range(8)]
+    markers = ["client %d: " % number + "%d " % number * (1 + 40000 * number) for number in range(8)]
+    results = [None] * len(markers)
+    start = threading.Barrier(len(markers))
+
+    def client(number):
+        start.wait(10)
+        body = {"model": "gpt-test", "input": markers[number], "messages": [{"role": "user", "content": "hi"}]}
+        results[number] = streamed(shield.port, PROTOCOLS["chat"], body=body)
+
+    threads = [threading.Thread(target=client, args=(number,)) for number in range(len(markers))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert [result[0] for result in results] == [200] * 8
+        assert not thread.is_alive()
+    for number, marker in enumerate(markers):
+        status_code, _, body = results[number]
+        assert status_code == 200
+        expected = body_for(good(text="answer to " + marker), "chat")
+        assert body == expected, "client %d did not get exactly its own answer (%d bytes, its own is %d)" % (
+            number, len(body), len(expected))
+    assert upstream.attempts == len(markers) + 2  # the 429 and the 500 were each retried once
 
 
 def test_connect_timeout_is_retried_then_504(make_proxy):

@@ -218,21 +218,98 @@ def test_an_existing_config_is_left_unchanged(wrapper):
     assert (wrapper.home / "config.toml").read_bytes() == mine
 
 
-def test_port_and_proxy_key_come_from_env_file_beside_the_script(tmp_path, upstream):
-    """A copy of the project with its own .env: the wrapper reads PORT and PROXY_API_KEY from there."""
+def wrapper_beside_env_file(tmp_path, upstream, env_text, client=FAKE_CLIENT):
+    """A copy of the project with its own .env (env_text), run through the symlink, those settings unset."""
     import shutil
     project = tmp_path / "project"
     project.mkdir()
     for name in ("chatgpt.sh", "proxy.py", "config_template.toml"):
         shutil.copy(os.path.join(HERE, name), str(project / name))
-    port = free_port()
-    (project / ".env").write_text("AZURE_ENDPOINT=%s/v1\nPORT=%d\nPROXY_API_KEY='local-secret'\n"
-                                  % (upstream.url, port))
+    shutil.copytree(os.path.join(HERE, "retry_shield"), str(project / "retry_shield"))
+    (project / ".env").write_text(env_text)
     wrapper = Wrapper(tmp_path, upstream)
+    wrapper.client.write_text(client.format(python=sys.executable))
     os.remove(str(wrapper.link))
     os.symlink(str(project / "chatgpt.sh"), str(wrapper.link))
     for name in ("PORT", "AZURE_ENDPOINT", "PROXY_API_KEY"):
         wrapper.env.pop(name, None)
+    return wrapper
+
+
+def test_port_and_proxy_key_come_from_env_file_beside_the_script(tmp_path, upstream):
+    """The wrapper reads PORT and PROXY_API_KEY from the .env beside its real location."""
+    port = free_port()
+    wrapper = wrapper_beside_env_file(tmp_path, upstream,
+                                      "AZURE_ENDPOINT=%s/v1\nPORT=%d\nPROXY_API_KEY='local-secret'\n"
+                                      % (upstream.url, port))
     assert wrapper.run("exec", "x").returncode == 0
     seen = wrapper.recorded()
     assert seen["key"] == "local-secret" and 'base_url="http://127.0.0.1:%d/v1"' % port in seen["argv"][3]
+
+
+# Sends one request through the proxy with the key the wrapper gave it, and records the answer's status.
+KEYED_CLIENT = textwrap.dedent("""\
+    #!{python}
+    import http.client, json, os, sys
+    key, base_url = os.environ["RETRY_SHIELD_API_KEY"], os.environ["OPENAI_BASE_URL"]
+    conn = http.client.HTTPConnection("127.0.0.1", int(base_url.split(":")[2].split("/")[0]), timeout=30)
+    conn.request("POST", "/v1/responses", body='{{"model": "m", "input": "hi", "stream": true}}',
+                 headers={{"Authorization": "Bearer " + key}})
+    status = conn.getresponse().status
+    with open(os.environ["FAKE_RECORD"], "w") as record:
+        json.dump({{"argv": sys.argv[1:], "key": key, "base_url": base_url, "status": status}}, record)
+""")
+
+
+@pytest.mark.parametrize("line, key", [
+    ("PROXY_API_KEY=abc # note", "abc"),                  # a comment after the value is no part of it
+    ('PROXY_API_KEY="se#cret" # note', "se#cret"),        # a # inside quotes is part of it
+    ("export PROXY_API_KEY='a b'  ", "a b"),
+    ("PROXY_API_KEY=first\nPROXY_API_KEY=  last  ", "last"),
+])
+def test_the_client_gets_the_proxy_key_python_dotenv_reads(tmp_path, upstream, line, key):
+    """The wrapper reads .env as the proxy does (python-dotenv), so the key it hands the client is accepted."""
+    wrapper = wrapper_beside_env_file(tmp_path, upstream, "AZURE_ENDPOINT=%s/v1\n%s\n" % (upstream.url, line),
+                                      client=KEYED_CLIENT)
+    result = wrapper.run("exec", "x", PORT=str(wrapper.port))
+    assert result.returncode == 0, result.stderr
+    seen = wrapper.recorded()
+    assert seen["key"] == key and seen["status"] == 200
+
+
+def test_an_exported_port_in_env_file_is_the_port_used(tmp_path, upstream):
+    port = free_port()
+    wrapper = wrapper_beside_env_file(tmp_path, upstream, "AZURE_ENDPOINT=%s/v1\nexport PORT=%d\n"
+                                      % (upstream.url, port), client=KEYED_CLIENT)
+    result = wrapper.run("exec", "x")
+    assert result.returncode == 0, result.stderr
+    seen = wrapper.recorded()
+    assert seen["base_url"] == "http://127.0.0.1:%d/v1" % port and seen["status"] == 200
+    assert 'base_url="http://127.0.0.1:%d/v1"' % port in seen["argv"][3]
+
+
+def test_the_environment_wins_over_env_file(tmp_path, upstream):
+    env_text = "AZURE_ENDPOINT=%s/v1\nPORT=%d\nPROXY_API_KEY=from-file\n" % (upstream.url, free_port())
+    wrapper = wrapper_beside_env_file(tmp_path, upstream, env_text, client=KEYED_CLIENT)
+    result = wrapper.run("exec", "x", PORT=str(wrapper.port), PROXY_API_KEY="from-environment")
+    assert result.returncode == 0, result.stderr
+    seen = wrapper.recorded()
+    assert seen["key"] == "from-environment" and seen["status"] == 200
+    assert seen["base_url"] == "http://127.0.0.1:%d/v1" % wrapper.port
+
+
+def test_without_python_dotenv_env_file_is_ignored_with_one_warning(tmp_path, upstream):
+    """Neither the wrapper nor the proxy reads .env then: both use the environment, and one line says so."""
+    hidden = tmp_path / "no-dotenv" / "dotenv"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text("raise ImportError('python-dotenv hidden by the test')\n")
+    wrapper = wrapper_beside_env_file(tmp_path, upstream, "PORT=%d\nPROXY_API_KEY=from-file\n" % free_port(),
+                                      client=KEYED_CLIENT)
+    result = wrapper.run("exec", "x", PORT=str(wrapper.port), AZURE_ENDPOINT=upstream.url + "/v1",
+                         PYTHONPATH=str(hidden.parent))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "python-dotenv" in line]
+    assert len(warnings) == 1 and "pip install -r requirements.txt" in warnings[0]
+    seen = wrapper.recorded()
+    assert seen["key"] != "from-file" and seen["status"] == 200
+    assert seen["base_url"] == "http://127.0.0.1:%d/v1" % wrapper.port
