@@ -14,7 +14,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 # ---------------------------------------------------------------------------
 # Stream builders
