@@ -75,3 +75,23 @@ def test_an_https_endpoint_that_speaks_plain_http_is_one_clear_error(upstream, m
     error = json.loads(body)["error"]
     assert status_code == 502 and error["code"] == "tls" and error["attempts"] == 1
     assert "http://" in error["message"]
+
+
+def test_models_with_an_untrusted_certificate_names_the_tls_problem(tls_upstream, make_proxy, monkeypatch, tmp_path):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
+    shield = make_proxy(tls_upstream)
+    status_code, headers, body = request(shield.port, "GET", "/v1/models", body=None)
+    error = json.loads(body)["error"]
+    assert status_code == 502 and headers["content-type"] == "application/json"
+    assert error["code"] == "upstream_error" and error["message"].startswith("cannot list models upstream")
+    assert "not trusted" in error["message"] and "SSL_CERT_FILE" in error["message"]
+    assert "[SSL" not in error["message"]  # the proxy's explanation, not ssl's exception text
+    assert tls_upstream.requests == []
+
+
+def test_models_over_tls_reuse_the_kept_alive_connection(tls_upstream, trusted, make_proxy):
+    shield = make_proxy(tls_upstream)
+    assert streamed(shield.port)[0] == 200
+    status_code, _, body = request(shield.port, "GET", "/v1/models", body=None)
+    assert status_code == 200 and json.loads(body)["data"]
+    assert len({seen.peer for seen in tls_upstream.requests}) == 1, "one TLS handshake for both"
