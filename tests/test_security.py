@@ -162,3 +162,109 @@ def test_keys_never_leak_into_logs_errors_or_health(upstream, tmp_path):
     assert "attempt 1/2 failed" in logged and "DEBUG" in logged  # the log is the real, verbose one
     everything = logged + "".join(repr(text) for text in texts)
     assert SECRET not in everything and PROXY_SECRET not in everything
+
+
+# -- keys masked as whole values ---------------------------------------------------
+
+LONG_KEY = "sk-test-0123456789"
+
+
+def filtered_logger(secrets, name):
+    """A real logger whose one handler masks ``secrets`` and writes to a StringIO."""
+    import io
+    import logging
+
+    from retry_shield.main import SecretFilter
+    sink = io.StringIO()
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.addFilter(SecretFilter(tuple(secrets)))
+    logger = logging.getLogger("tests.test_security." + name)
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return logger, sink
+
+
+def logged_lines(secrets, name, *calls):
+    logger, sink = filtered_logger(secrets, name)
+    for args in calls:
+        logger.info(*args)
+    return sink.getvalue().splitlines()
+
+
+def test_a_short_key_is_masked_only_as_a_whole_value():
+    lines = logged_lines(["k"], "short", ("backoff took %d tokens; key %s", 2, "k"),
+                         ("backoff took 2 tokens; key k",), ("k",), ("k=k, 'k' [k]",))
+    assert lines == ["backoff took 2 tokens; key ***", "backoff took 2 tokens; key ***", "***",
+                     "***=***, '***' [***]"]
+
+
+def test_a_long_key_is_masked_in_headers_and_json():
+    echoed = json.dumps({"error": {"message": "Incorrect API key provided: " + LONG_KEY}, "key": LONG_KEY})
+    lines = logged_lines([LONG_KEY], "long", ("sent Authorization: Bearer %s", LONG_KEY),
+                         ("upstream said %s", echoed), ("api-key=%s;", LONG_KEY))
+    assert lines[0] == "sent Authorization: Bearer ***"
+    assert json.loads(lines[1][len("upstream said "):]) == {
+        "error": {"message": "Incorrect API key provided: ***"}, "key": "***"}
+    assert lines[2] == "api-key=***;"
+    assert LONG_KEY not in "".join(lines)
+
+
+def test_a_key_inside_a_longer_key_does_not_unmask_part_of_it():
+    # Both keys set, one a prefix of the other: the longer is masked whole, not as "***-0123456789".
+    lines = logged_lines(["sk-test", LONG_KEY], "nested", ("Bearer %s and Bearer %s", LONG_KEY, "sk-test"))
+    assert lines == ["Bearer *** and Bearer ***"]
+
+
+@pytest.mark.parametrize("settings, warned", [
+    ({}, []),
+    ({"AZURE_API_KEY": "k"}, ["AZURE_API_KEY"]),
+    ({"AZURE_API_KEY": "1234567"}, ["AZURE_API_KEY"]),
+    ({"AZURE_API_KEY": "12345678"}, []),
+    ({"AZURE_API_KEY": SECRET}, []),
+    ({"PROXY_API_KEY": "Zq7x"}, ["PROXY_API_KEY"]),
+    ({"PROXY_API_KEY": PROXY_SECRET}, []),
+    ({"AZURE_API_KEY": "abc", "PROXY_API_KEY": "xyz"}, ["AZURE_API_KEY", "PROXY_API_KEY"]),
+])
+def test_short_keys_are_warned_about(settings, warned):
+    from retry_shield.config import config_warnings
+    warnings = config_warnings(load_config([], dict(settings, AZURE_ENDPOINT="http://127.0.0.1:1/v1")))
+    assert [warning.split(" ", 1)[0] for warning in warnings] == warned
+    for warning, name in zip(warnings, warned):
+        assert "is only %d characters long" % len(settings[name]) in warning
+
+
+def test_a_short_key_warns_once_at_start_up_and_the_proxy_still_serves(upstream):
+    port = free_port()
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", AZURE_API_KEY="k", HOST="127.0.0.1",
+               PORT=str(port))
+    env.pop("PROXY_API_KEY", None)
+    process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_health(port)
+        assert request(port)[0] == 200
+        assert upstream.requests[-1].headers["api-key"] == "k"
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=30)
+    warnings = [line for line in err.splitlines() if "AZURE_API_KEY is only 1 characters long" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0], err
+    assert "PROXY_API_KEY" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("key, echo, masked", [
+    (SECRET, "Incorrect API key provided: " + SECRET + ".", "Incorrect API key provided: ***."),
+    ("k", "bad key k", "bad key ***"),
+])
+def test_an_upstream_error_echoing_the_key_reaches_the_client_masked(upstream, make_proxy, key, echo, masked):
+    from tests.fake_upstream import status
+    upstream.plan(status(401, body={"error": {"message": echo, "type": "invalid_request_error",
+                                              "code": "invalid_api_key"}}))
+    shield = make_proxy(upstream, AZURE_API_KEY=key)
+    status_code, _, body = request(shield.port)
+    assert status_code == 401
+    assert json.loads(body)["error"] == {"message": masked, "type": "invalid_request_error",
+                                         "code": "invalid_api_key"}
+    assert upstream.attempts == 1
