@@ -9,12 +9,10 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Tuple
 
 from . import __version__
 from .errors import ConfigError
-from .routes import is_loopback_host
+from .routes import SHORT_KEY, is_loopback_host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ENV_FILE = os.path.join(ROOT, ".env")
-# A key shorter than this is most likely a placeholder or a typo.
-SHORT_KEY = 8
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from typing import Mapping, NamedTuple, Optional, Pattern, Sequence, Tuple
 from .replies import Reply, error_reply
 
 OPERATIONS = ("/responses", "/chat/completions")
+# A key shorter than this is most likely a placeholder or a typo, and is masked only as a whole value.
+SHORT_KEY = 8
 
 
 @functools.lru_cache(maxsize=256)
@@ -97,9 +99,13 @@ def redact_url(url: str) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _secret_patterns(secrets: Tuple[str, ...]) -> Tuple[Pattern[str], Pattern[bytes]]:
-    # A key is masked as a whole value: "k" inside "backoff" is not that key.
-    alternatives = "|".join(re.escape(secret) for secret in sorted(secrets, key=len, reverse=True))
-    pattern = r"(?<![0-9A-Za-z])(?:%s)(?![0-9A-Za-z])" % alternatives
+    # A short key is masked as a whole value only: "k" inside "backoff" is not that key. A
+    # long one is masked wherever it stands, even glued to other text ("%3Dsk-...").
+    alternatives = []
+    for secret in sorted(secrets, key=len, reverse=True):
+        escaped = re.escape(secret)
+        alternatives.append(escaped if len(secret) >= SHORT_KEY else r"(?<![0-9A-Za-z])%s(?![0-9A-Za-z])" % escaped)
+    pattern = "|".join(alternatives)
     return re.compile(pattern), re.compile(pattern.encode("utf-8"))
 
 

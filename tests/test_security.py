@@ -211,6 +211,11 @@ def test_a_long_key_is_masked_in_headers_and_json():
     assert LONG_KEY not in "".join(lines)
 
 
+def test_a_long_key_is_masked_even_glued_to_other_text():
+    lines = logged_lines([LONG_KEY], "glued", ("api-key%%3D%s", LONG_KEY), ("caf\\u00e9%s9", LONG_KEY))
+    assert lines == ["api-key%3D***", "caf\\u00e9***9"]
+
+
 def test_a_key_inside_a_longer_key_does_not_unmask_part_of_it():
     # Both keys set, one a prefix of the other: the longer is masked whole, not as "***-0123456789".
     lines = logged_lines(["sk-test", LONG_KEY], "nested", ("Bearer %s and Bearer %s", LONG_KEY, "sk-test"))
