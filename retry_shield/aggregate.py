@@ -40,7 +40,8 @@ def assemble_chat_completion(body: Union[bytes, memoryview]) -> Dict[str, Any]:
         if not isinstance(chunk, dict):
             continue
         for key in ("id", "created", "model", "system_fingerprint", "service_tier"):
-            if chunk.get(key) is not None:
+            # Azure's filter-only chunks carry "" for id and model: they must not blank the real ones.
+            if chunk.get(key) is not None and chunk[key] != "":
                 completion[key] = chunk[key]
         if chunk.get("usage"):
             completion["usage"] = chunk["usage"]
@@ -58,11 +59,18 @@ def _merge_choice(choices: Dict[int, Dict[str, Any]], delta_choice: Dict[str, An
     for field in ("content", "refusal"):
         if delta.get(field) is not None:
             choice["parts"].setdefault(field, []).append(delta[field])
+    # DeepSeek streams the chain of thought as reasoning_content, OpenRouter as reasoning; a
+    # server that sends both in one delta sends the same text twice, so one is taken.
+    reasoning = delta.get("reasoning_content")
+    if not isinstance(reasoning, str):
+        reasoning = delta.get("reasoning")
+    if isinstance(reasoning, str):
+        choice["parts"].setdefault("reasoning_content", []).append(reasoning)
     if delta.get("role"):
         choice["message"]["role"] = delta["role"]
-    for call in delta.get("tool_calls") or ():
-        slot = choice["tools"].setdefault(call.get("index", 0), {"type": "function", "arguments": [],
-                                                                 "function": {}})
+    for position, call in enumerate(delta.get("tool_calls") or ()):
+        slot = choice["tools"].setdefault(_call_index(choice["tools"], call, position),
+                                          {"type": "function", "arguments": [], "function": {}})
         if call.get("id"):
             slot["id"] = call["id"]
         if call.get("type"):
@@ -70,8 +78,10 @@ def _merge_choice(choices: Dict[int, Dict[str, Any]], delta_choice: Dict[str, An
         function = call.get("function") or {}
         if function.get("name"):
             slot["function"]["name"] = function["name"]
-        if function.get("arguments"):
-            slot["arguments"].append(function["arguments"])
+        arguments = function.get("arguments")
+        if arguments:
+            # Arguments sent as a JSON object instead of its text would break the join.
+            slot["arguments"].append(arguments if isinstance(arguments, str) else json.dumps(arguments))
     if delta_choice.get("finish_reason"):
         choice["finish_reason"] = delta_choice["finish_reason"]
     logprobs = delta_choice.get("logprobs")
@@ -84,10 +94,25 @@ def _merge_choice(choices: Dict[int, Dict[str, Any]], delta_choice: Dict[str, An
                 merged[key].extend(logprobs[key])
 
 
+def _call_index(tools: Dict[int, Dict[str, Any]], call: Dict[str, Any], position: int) -> int:
+    """The slot of a tool-call delta: its index, else (servers that leave it out) a new id opens a new call."""
+    index = call.get("index")
+    if isinstance(index, int):
+        return index
+    if not tools:
+        return position
+    last = max(tools)
+    if call.get("id") and tools[last].get("id") not in (None, call["id"]):
+        return last + 1
+    return last
+
+
 def _finish_choice(choice: Dict[str, Any]) -> Dict[str, Any]:
     message = choice["message"]
     message["content"] = "".join(choice["parts"]["content"]) if "content" in choice["parts"] else None
     message["refusal"] = "".join(choice["parts"]["refusal"]) if "refusal" in choice["parts"] else None
+    if "reasoning_content" in choice["parts"]:  # only when streamed: a plain answer keeps its usual keys
+        message["reasoning_content"] = "".join(choice["parts"]["reasoning_content"])
     if choice["tools"]:
         message["tool_calls"] = []
         for index in sorted(choice["tools"]):
