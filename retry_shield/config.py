@@ -36,6 +36,7 @@ class Config:
     proxy_api_key: str = ""
     allowed_origins: Tuple[str, ...] = ()
     client_timeout: float = 60.0
+    upstream_api: str = "auto"
     env_file: str = DEFAULT_ENV_FILE
 
     @property
@@ -107,6 +108,17 @@ def _parse_origins(name: str, value: str) -> Tuple[str, ...]:
     return origins
 
 
+def _parse_upstream_api(name: str, value: str) -> str:
+    api = value.lower()
+    if api == "responses":
+        raise ConfigError("%s=responses (Chat Completions clients on a Responses-only upstream) is not available "
+                          "yet; use auto or chat" % name)
+    if api not in ("auto", "chat"):
+        raise ConfigError("%s=%r is not an API; use auto (the URL decides) or chat (the upstream speaks only "
+                          "Chat Completions)" % (name, value))
+    return api
+
+
 def _parse_log_level(name: str, value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -143,6 +155,9 @@ SETTINGS = (
             "comma-separated browser origins allowed to call the proxy (CORS); others get 403"),
     Setting("CLIENT_TIMEOUT", "client_timeout", _number_parser(float, 0.0, strict=True),
             "seconds a client may take to send its request; idle connections close after it"),
+    Setting("UPSTREAM_API", "upstream_api", _parse_upstream_api,
+            "auto (a full operation URL decides, else the client's own API) or chat (the upstream speaks "
+            "only Chat Completions: Responses requests are translated)"),
 )
 
 
@@ -194,6 +209,9 @@ def load_config(argv: List[str], environ: Mapping[str, str]) -> Config:
     if not is_loopback_host(config.host) and not config.proxy_api_key:
         raise ConfigError("HOST=%s is reachable from other machines, which could then spend your API key; "
                           "set PROXY_API_KEY to a secret clients must send, or use HOST=127.0.0.1" % config.host)
+    if config.upstream_api == "chat" and urllib.parse.urlsplit(config.endpoint).path.rstrip("/").endswith("/responses"):
+        raise ConfigError("AZURE_ENDPOINT ends in /responses but UPSTREAM_API=chat; give the endpoint's "
+                          "/chat/completions URL or its base URL, or set UPSTREAM_API=auto")
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("RETRY_MAX_DELAY=%s is below RETRY_BASE_DELAY=%s; raise RETRY_MAX_DELAY"
                           % (config.retry_max_delay, config.retry_base_delay))

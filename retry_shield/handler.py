@@ -6,6 +6,7 @@ import logging
 import socket
 import time
 import urllib.parse
+import uuid
 from dataclasses import replace
 from typing import Optional, Sequence, Tuple
 
@@ -80,11 +81,10 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         config = self.server.config
         try:
             raw = read_request_body(self.rfile, self.headers, config.max_request_bytes)
-            request = parse_request(raw)
+            outbound = prepare(operation, split.query, parse_request(raw), raw, self.headers.items(), config)
         except ClientError as exc:
             self._send(client_error_reply(exc))
             return
-        outbound = prepare(operation, split.query, request, raw, self.headers.items(), config)
         with self.server.in_flight():
             exchange = self.server.shield(self.command, split.path, outbound, started, self._client_present)
             if exchange.outcome == CLIENT_GONE:
@@ -92,7 +92,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             with exchange.answer or contextlib.nullcontext():
-                reply = reply_for(exchange)
+                reply = reply_for(exchange, uuid.uuid4().hex, int(time.time()))
                 self.server.record(replace(exchange, status=reply.status))
                 self._send(reply)
 

@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 from . import __version__
 from .config import DEFAULT_ENV_FILE, Config, build_arg_parser, config_warnings, load_config
 from .errors import ConfigError
-from .routes import is_loopback_host, mask_secrets, redact_url
+from .routes import is_loopback_host, mask_secrets, operation_url_protocol, redact_url
 from .server import ShieldServer
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def _banner(config: Config, server: ShieldServer) -> None:
     logger.info("retry-shield %s listening on http://%s:%d/v1", __version__, host, port)
     logger.info("upstream: %s%s", redact_url(config.endpoint), " (key set)" if config.api_key else
                 " (client credentials passed through)")
+    logger.info("upstream API: %s", _api_line(config))
     if config.forced_model:
         logger.info("forced model: %s", config.forced_model)
     if not is_loopback_host(host):
@@ -64,6 +65,15 @@ def _banner(config: Config, server: ShieldServer) -> None:
     logger.info("retries: up to %d, backoff %gs doubling to %gs, %gs per request, %gs idle timeout",
                 config.max_retries, config.retry_base_delay, config.retry_max_delay, config.total_timeout,
                 config.upstream_timeout)
+
+
+def _api_line(config: Config) -> str:
+    named = operation_url_protocol(config.endpoint)
+    if config.upstream_api == "chat" or named == "chat":
+        return "%s: Chat Completions (responses->chat translated, chat->chat as is)" % config.upstream_api
+    if named == "responses":
+        return "auto: the Responses API, named by the URL (responses->responses)"
+    return "auto: each client's own (responses->responses, chat->chat)"
 
 
 def _configure_logging(config: Config) -> None:

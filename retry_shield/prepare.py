@@ -2,15 +2,18 @@
 
 import json
 import re
-from typing import Any, Dict, NamedTuple, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
+from .chat_request import ChatPlan, to_chat
 from .errors import ClientError
 from .http1 import upstream_headers
-from .routes import upstream_url
+from .replies import json_body
+from .routes import upstream_protocol, upstream_url
 
 # A \u escape of an ASCII letter: a key written as "mod\u0065l" is "model" all the same.
 ESCAPED_LETTER = re.compile(rb"\\u00(?:[46][1-9A-Fa-f]|[57][0-9Aa])")
 PROTOCOL_OF = {"/responses": "responses", "/chat/completions": "chat"}
+OPERATION_OF = {"responses": "/responses", "chat": "/chat/completions"}
 
 
 class Outbound(NamedTuple):
@@ -25,6 +28,8 @@ class Outbound(NamedTuple):
     model_asked: str
     model_sent: str
     wants_stream: bool
+    guessed: bool = False  # the upstream protocol is the client's own on a base URL: its answer may refute it
+    plan: Optional[ChatPlan] = None  # set when a Responses request was translated to Chat Completions
 
 
 def parse_request(raw: bytes) -> Dict[str, Any]:
@@ -49,28 +54,41 @@ def says_stream_once(raw: bytes) -> bool:
 
 def prepare(operation: str, query: str, request: Dict[str, Any], raw: bytes,
             client_headers: Sequence[Tuple[str, str]], config: Any) -> Outbound:
-    """The upstream request for a client's: always streamed, with FORCED_MODEL, to the mapped URL."""
+    """The upstream request for a client's: always streamed, with FORCED_MODEL, in the upstream's
+    protocol (a Responses request translated for a Chat Completions upstream), to the mapped URL."""
+    client_protocol = PROTOCOL_OF[operation]
+    protocol, guessed = upstream_protocol(client_protocol, config.endpoint, config.upstream_api)
     wants_stream = request.get("stream") is True
     model_asked = str(request.get("model", "-"))
-    if wants_stream and not config.forced_model and says_stream_once(raw):
+    plan = None
+    if client_protocol != protocol:
+        if protocol != "chat":
+            raise ClientError(400, "AZURE_ENDPOINT is a Responses API URL; Chat Completions requests cannot be "
+                              "sent there yet: use the endpoint's base URL or its /chat/completions URL",
+                              "unsupported_upstream_api")
+        translated, plan = to_chat(request)
+        if config.forced_model:
+            translated["model"] = config.forced_model
+        body = json_body(translated)
+    elif wants_stream and not config.forced_model and says_stream_once(raw):
         body = raw  # Codex's case: nothing to change, so its bytes go as they came (no re-encoding)
     else:
         request = dict(request, stream=True)
         if config.forced_model:
             request["model"] = config.forced_model
-        try:
-            body = json.dumps(request, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate escape ("\ud83d"): keep it an escape
-            body = json.dumps(request).encode("ascii")
-    protocol = PROTOCOL_OF[operation]
+        if protocol == "chat" and not wants_stream and "stream_options" not in request:
+            request["stream_options"] = {"include_usage": True}  # the assembled answer gets its usage
+        body = json_body(request)
     return Outbound(
         operation=operation,
-        client_protocol=protocol,
+        client_protocol=client_protocol,
         upstream_protocol=protocol,
-        url=upstream_url(config.endpoint, operation, query),
+        url=upstream_url(config.endpoint, OPERATION_OF[protocol], query),
         body=body,
         headers=upstream_headers(client_headers, config.api_key, drop_credentials=bool(config.proxy_api_key)),
         model_asked=model_asked,
         model_sent=config.forced_model or model_asked,
         wants_stream=wants_stream,
+        guessed=guessed,
+        plan=plan,
     )

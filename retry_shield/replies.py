@@ -1,14 +1,20 @@
 """What a client gets: the Reply for each outcome (errors, a delivered answer, a give-up), as data."""
 
 import json
+import re
 from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .aggregate import stream_as_json
+from .chat_answer import chat_to_response, response_events
+from .chat_request import ChatPlan
 from .errors import ClientError, UpstreamFailure
 from .http1 import header, passed_headers
 from .upstream import UpstreamAnswer
 
 JSON = "application/json"
+NO_SUCH_PATH = re.compile(r"not found|unknown|invalid url|unexpected endpoint|no route|no such|not supported",
+                          re.IGNORECASE)
+NAMES_A_MODEL = re.compile(r"model|deployment", re.IGNORECASE)
 EVENT_STREAM = "text/event-stream; charset=utf-8"
 
 
@@ -39,8 +45,16 @@ def client_error_reply(error: ClientError) -> Reply:
     return error_reply(error.status, error.message, error.code, close=True)
 
 
+def json_body(value: Any) -> bytes:
+    """JSON as UTF-8 bytes; a lone surrogate escape ("\\ud83d") from the input stays an escape."""
+    try:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value).encode("ascii")
+
+
 def json_reply(status: int, value: Any) -> Reply:
-    return Reply(status, JSON, json.dumps(value, ensure_ascii=False).encode("utf-8"))
+    return Reply(status, JSON, json_body(value))
 
 
 def answer_reply(answer: UpstreamAnswer, wants_stream: bool) -> Reply:
@@ -50,15 +64,78 @@ def answer_reply(answer: UpstreamAnswer, wants_stream: bool) -> Reply:
     verdict = answer.verdict
     if verdict is None:  # not a stream: as the upstream sent it
         return Reply(answer.status, content_type, answer.body, headers)
+    headers = [pair for pair in headers if pair[0].lower() != "cache-control"]
     if wants_stream:
-        headers = [pair for pair in headers if pair[0].lower() != "cache-control"]
-        headers.append(("Cache-Control", "no-cache"))
-        return Reply(answer.status, EVENT_STREAM, answer.body, headers)
+        return Reply(answer.status, EVENT_STREAM, answer.body, headers + [("Cache-Control", "no-cache")])
     status, value = stream_as_json(answer.body, verdict)
     if value is None:
         return Reply(502, JSON, json_error_body("the upstream's terminal event is not valid JSON",
                                                 code="bad_stream"), headers)
-    return Reply(status, JSON, json.dumps(value, ensure_ascii=False).encode("utf-8"), headers)
+    return Reply(status, JSON, json_body(value), headers)
+
+
+def translated_reply(answer: UpstreamAnswer, wants_stream: bool, plan: ChatPlan, ids: str,
+                     created_at: int) -> Reply:
+    """The reply for a Chat Completions answer to a Responses client: its Responses stream or object.
+
+    ``ids`` (unique per request) roots every id of the answer; ``created_at`` is the time in seconds.
+    """
+    if answer.verdict is None:
+        if answer.status != 200:  # an error: the same shape in both APIs
+            return answer_reply(answer, wants_stream)
+        body = completion_as_stream(answer.body)
+    else:
+        body = answer.body
+    headers = [pair for pair in passed_headers(answer.headers) if pair[0].lower() != "cache-control"]
+    response = chat_to_response(body, plan, ids, created_at,
+                                answer.verdict.outcome if answer.verdict is not None else "")
+    if wants_stream:
+        return Reply(200, EVENT_STREAM, response_events(response), headers + [("Cache-Control", "no-cache")])
+    if response["status"] == "failed":  # as the API answers a non-streaming request
+        code = (response["error"] or {}).get("code")
+        return Reply(429 if code == "insufficient_quota" else 400, JSON,
+                     json.dumps({"error": response["error"]}).encode("utf-8"), headers)
+    return Reply(200, JSON, json_body(response), headers)
+
+
+def completion_as_stream(body: Union[bytes, memoryview]) -> bytes:
+    """A non-streamed ``chat.completion`` as the one-chunk stream it amounts to, for the translator."""
+    completion = json.loads(bytes(body))
+    chunk = dict(completion, object="chat.completion.chunk",
+                 choices=[{"index": choice.get("index", 0), "delta": choice.get("message") or {},
+                           "finish_reason": choice.get("finish_reason")}
+                          for choice in completion.get("choices") or ()])
+    return b"data: " + json.dumps(chunk).encode("utf-8") + b"\n\ndata: [DONE]\n\n"
+
+
+def says_no_such_path(body: Union[bytes, memoryview]) -> bool:
+    """Whether a 404's body says the path is unknown (a wrong API), not that a model or deployment is.
+
+    Servers word it in their own ways: "Invalid URL (POST /v1/responses)", {"detail": "Not Found"},
+    "Unexpected endpoint or method", "404 page not found", an empty body.
+    """
+    text = bytes(body[:2000]).decode("utf-8", "replace")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    if isinstance(value, dict):
+        error = value.get("error", value.get("detail", ""))
+        value = error.get("message", "") if isinstance(error, dict) else error
+    text = str(value)
+    if NAMES_A_MODEL.search(text):
+        return False
+    return not text.strip() or NO_SUCH_PATH.search(text) is not None
+
+
+def wrong_api_reply(answer: UpstreamAnswer, outbound_protocol: str) -> Reply:
+    """A 404 from a base URL asked in the client's own protocol: most likely the upstream speaks the other."""
+    path = "/responses" if outbound_protocol == "responses" else "/chat/completions"
+    hint = ("it may speak only Chat Completions: set UPSTREAM_API=chat" if outbound_protocol == "responses"
+            else "it may speak only the Responses API, which Chat Completions clients cannot use through this "
+                 "proxy yet (UPSTREAM_API=responses is not available)")
+    return error_reply(502, "the upstream has no %s (HTTP %d); %s" % (path, answer.status, hint), "wrong_upstream_api",
+                       kind="proxy_error")
 
 
 def give_up_reply(failure: UpstreamFailure, attempts: int) -> Reply:
@@ -72,8 +149,16 @@ def give_up_reply(failure: UpstreamFailure, attempts: int) -> Reply:
                                                last_failure=failure.detail))
 
 
-def reply_for(exchange: Any) -> Reply:
-    """The reply for a finished Exchange that has an answer or a failure to give."""
-    if exchange.answer is not None:
-        return answer_reply(exchange.answer, exchange.client_streamed)
-    return give_up_reply(exchange.failure, len(exchange.attempts))
+def reply_for(exchange: Any, ids: str, created_at: int) -> Reply:
+    """The reply for a finished Exchange that has an answer or a failure to give.
+
+    ``ids`` and ``created_at`` (a unique token, the time in seconds) are used only by a translation.
+    """
+    answer = exchange.answer
+    if answer is None:
+        return give_up_reply(exchange.failure, len(exchange.attempts))
+    if answer.status == 404 and exchange.guessed and says_no_such_path(answer.body):
+        return wrong_api_reply(answer, exchange.upstream_protocol)
+    if exchange.plan is not None:
+        return translated_reply(answer, exchange.client_streamed, exchange.plan, ids, created_at)
+    return answer_reply(answer, exchange.client_streamed)

@@ -86,6 +86,30 @@ def upstream_url(endpoint: str, operation: str, client_query: str = "") -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, urllib.parse.urlencode(query), ""))
 
 
+def operation_url_protocol(endpoint: str) -> Optional[str]:
+    """The protocol a full operation URL names ("responses" or "chat"), or None for a base URL."""
+    path = urllib.parse.urlsplit(endpoint).path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        return "chat"
+    if path.endswith("/responses"):
+        return "responses"
+    return None
+
+
+def upstream_protocol(client_protocol: str, endpoint: str, upstream_api: str) -> Tuple[str, bool]:
+    """The protocol to speak upstream, and whether it is only a guess (the client's own, on a base URL).
+
+    UPSTREAM_API=chat says it; with auto, a full operation URL says it; a base URL is
+    asked in the client's own protocol, which is the guess an upstream's answer can refute.
+    """
+    if upstream_api == "chat":
+        return "chat", False
+    named = operation_url_protocol(endpoint)
+    if named is not None:
+        return named, False
+    return client_protocol, True
+
+
 def redact_url(url: str) -> str:
     """``url`` without credentials or query string, fit for logs and banners."""
     parts = urllib.parse.urlsplit(url)

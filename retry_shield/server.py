@@ -44,6 +44,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._counters: Dict[str, int] = collections.Counter()
+        self._apis: Dict[str, int] = collections.Counter()  # requests by "client->upstream" protocol
         self._active = 0
         super().__init__((config.host, config.port), handler)
 
@@ -85,6 +86,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             self._counters["requests"] += 1
             self._counters["retries"] += exchange.retries
             self._counters["gave_up"] += exchange.outcome == GAVE_UP
+            self._apis[exchange.client_protocol + "->" + exchange.upstream_protocol] += 1
         logger.info(SUMMARY, *summary(exchange))
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -109,6 +111,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
     def health(self) -> Dict[str, Any]:
         with self._lock:
             counters = dict(self._counters)
+            apis = dict(self._apis)
             active = self._active
         return {
             "status": "ok",
@@ -118,6 +121,8 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             "port": self.server_address[1],
             "uptime_s": round(time.monotonic() - self.started, 1),
             "upstream": urllib.parse.urlsplit(self.config.endpoint).hostname,
+            "upstream_api": self.config.upstream_api,
+            "apis": apis,
             "requests": counters.get("requests", 0),
             "retries": counters.get("retries", 0),
             "gave_up": counters.get("gave_up", 0),

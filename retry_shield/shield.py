@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
+from .chat_request import ChatPlan
 from .errors import ClientGone, UpstreamFailure
 from .prepare import Outbound
 from .retry import RetryPolicy
@@ -55,6 +56,8 @@ class Exchange:
     model_sent: str
     client_streamed: bool
     started: float  # time.monotonic() when the request arrived
+    guessed: bool = False  # the upstream protocol was the client's own on a base URL, not known
+    plan: Optional[ChatPlan] = field(default=None, compare=False, repr=False)  # a translated request's
     attempts: Tuple[AttemptRecord, ...] = ()
     retries: int = 0  # waits begun before another attempt
     waited: float = 0.0  # seconds spent in those waits
@@ -72,7 +75,8 @@ class Exchange:
         return cls(method=method, path=path, client_protocol=outbound.client_protocol,
                    upstream_protocol=outbound.upstream_protocol, endpoint=redact_url(outbound.url),
                    model_asked=outbound.model_asked, model_sent=outbound.model_sent,
-                   client_streamed=outbound.wants_stream, started=started)
+                   client_streamed=outbound.wants_stream, started=started, guessed=outbound.guessed,
+                   plan=outbound.plan)
 
 
 def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: RetryPolicy,
@@ -154,7 +158,7 @@ def waiter(stopping: threading.Event, still_wanted: Callable[[], bool]) -> Wait:
     return wait
 
 
-SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs model=%s%s%s"
+SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs model=%s api=%s->%s%s%s"
 NOTES = {GAVE_UP: "gave up", CLIENT_GONE: "client gone"}
 
 
@@ -168,4 +172,5 @@ def summary(exchange: Exchange) -> Tuple[Any, ...]:
         tokens = " tokens=%s/%s" % (into, out)
     note = NOTES.get(exchange.outcome, exchange.verdict)
     return (exchange.method, exchange.path, exchange.status, len(exchange.attempts), exchange.bytes,
-            exchange.seconds, exchange.model_sent, tokens, (" (%s)" % note) if note else "")
+            exchange.seconds, exchange.model_sent, exchange.client_protocol, exchange.upstream_protocol, tokens,
+            (" (%s)" % note) if note else "")

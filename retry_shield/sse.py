@@ -18,6 +18,7 @@ FINAL_ERROR_CODES = frozenset((
 FINAL_ERROR_TYPES = frozenset(("invalid_request_error", "authentication_error", "permission_error"))
 EVENT_TYPE = re.compile(rb'"type"\s*:\s*"([^"]+)"')
 FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"')
+OTHER_PROTOCOL_MARK = {"responses": b'"chat.completion.chunk"', "chat": b'"response.created"'}
 
 Span = Tuple[int, int]
 
@@ -105,6 +106,12 @@ class StreamInspector:
             self.size = self.loan.put(self.size, data, start, stop)
         if self.error is None:
             self._search_errors()
+
+    def speaks_other_protocol(self) -> bool:
+        """Whether the stream's first events are of the other protocol (a chat chunk in a Responses
+        stream, a Responses event in a chat stream): a wrong API, not a broken stream."""
+        mark = OTHER_PROTOCOL_MARK[self.protocol]
+        return self.buffer.find(mark, 0, min(self.size, 4096)) >= 0
 
     @property
     def body(self) -> memoryview:

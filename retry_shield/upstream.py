@@ -22,6 +22,12 @@ HEADER_BUFFER = 16 * 1024
 # How often a long upstream read or backoff wait checks that the client is still there.
 CLIENT_CHECK_INTERVAL = 0.25
 # OpenSSL's reasons when an https:// endpoint answers in plain HTTP: no retry changes that.
+WRONG_API = {
+    "responses": "the upstream answered a Responses request with a Chat Completions stream: it speaks only "
+                 "Chat Completions; set UPSTREAM_API=chat",
+    "chat": "the upstream answered a Chat Completions request with a Responses stream: it speaks only the "
+            "Responses API, which Chat Completions clients cannot use through this proxy yet",
+}
 NOT_TLS = frozenset(("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"))
 
 
@@ -330,6 +336,8 @@ def judge(status: int, headers: List[Tuple[str, str]], content_type: str, inspec
     if verdict.deliverable:
         return UpstreamAnswer(status, headers, inspector.body, verdict, inspector.loan)
     if verdict.outcome == StreamVerdict.UNFINISHED:
+        if inspector.speaks_other_protocol():
+            raise UpstreamFailure("wrong_api", WRONG_API[protocol], retryable=False)
         raise UpstreamFailure("unterminated", "%s (%s)" % (verdict.detail, kb(inspector.size)))
     raise UpstreamFailure("stream_error", verdict.detail, headers=header_map,
                           message=str((verdict.error or {}).get("message") or ""))

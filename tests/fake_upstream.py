@@ -155,6 +155,11 @@ def good(text="Hello from upstream", deltas=None, framing="chunked", gzip=False,
                    headers=headers, trailing=trailing, echo=echo)
 
 
+def raw(body, framing="chunked", delay=0.0, headers=None):
+    """A 200 SSE stream of exactly ``body`` (bytes): any stream a test builds, such as chat tool calls."""
+    return Outcome("raw", body=body, framing=framing, delay=delay, headers=headers)
+
+
 def status(code, body=None, headers=None, delay=0.0):
     if body is None:
         body = {"error": {"message": "fake upstream error %d" % code, "type": "server_error", "code": None}}
@@ -310,6 +315,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if outcome.delay and fake.stopping.wait(outcome.delay):
             return
         protocol = "responses" if path.endswith("/responses") else "chat"
+        if protocol not in fake.speaks:  # as a real chat-only (or Responses-only) server answers
+            body = json.dumps({"error": {"message": "Invalid URL (POST %s)" % path, "type": "invalid_request_error",
+                                         "param": None, "code": None}}).encode()
+            fake.sent_body(body)
+            self._send_plain(404, body, "application/json")
+            return
         getattr(self, "_act_" + outcome.kind)(outcome, protocol, fake)
 
     # -- acts -----------------------------------------------------------------
@@ -367,6 +378,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     _act_no_terminator = _act_error_event = _act_failed = _act_incomplete = _act_good
 
+    def _act_raw(self, outcome, protocol, fake):
+        self._stream(outcome, outcome.body, fake)
+
     def _act_status(self, outcome, protocol, fake):
         body = outcome.body if isinstance(outcome.body, bytes) else json.dumps(outcome.body).encode()
         fake.sent_body(body)
@@ -420,9 +434,10 @@ class _Server(http.server.ThreadingHTTPServer):
 class FakeUpstream:
     """The scripted upstream. Use as a context manager or call start() and stop()."""
 
-    def __init__(self, port=0, tls=None):
+    def __init__(self, port=0, tls=None, speaks=("responses", "chat")):
         self._port = port
         self.tls = tls  # a server-side ssl.SSLContext: serve https://localhost
+        self.speaks = speaks  # the APIs it serves; a POST to the other's path gets a 404
         self._lock = threading.Lock()
         self._plan = [good()]  # type: List[Outcome]
         self.requests = []  # type: List[RecordedRequest]

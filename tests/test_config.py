@@ -32,6 +32,7 @@ DEFAULTS = {
     "RETRY_BASE_DELAY": 1.0, "RETRY_MAX_DELAY": 30.0, "TOTAL_TIMEOUT": 600.0, "CONNECT_TIMEOUT": 10.0,
     "UPSTREAM_TIMEOUT": 120.0, "MAX_REQUEST_BYTES": 16 * 1024 * 1024, "MAX_RESPONSE_BYTES": 256 * 1024 * 1024,
     "LOG_LEVEL": "INFO", "PROXY_API_KEY": "", "ALLOWED_ORIGINS": (), "CLIENT_TIMEOUT": 60.0,
+    "UPSTREAM_API": "auto",
 }
 FIELD = {setting.env: setting.field for setting in SETTINGS}
 
@@ -74,7 +75,8 @@ def test_every_setting_is_read_from_the_environment():
                "PORT": "9999", "FORCED_MODEL": "gpt-x", "MAX_RETRIES": "3", "RETRY_BASE_DELAY": "0.5",
                "RETRY_MAX_DELAY": "4", "TOTAL_TIMEOUT": "50", "CONNECT_TIMEOUT": "2", "UPSTREAM_TIMEOUT": "7",
                "MAX_REQUEST_BYTES": "100", "MAX_RESPONSE_BYTES": "200", "LOG_LEVEL": "debug",
-               "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": "http://a.test, http://b.test:3000/", "CLIENT_TIMEOUT": "9"}
+               "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": "http://a.test, http://b.test:3000/", "CLIENT_TIMEOUT": "9",
+               "UPSTREAM_API": "Chat"}
     assert sorted(environ) == sorted(NAMES)
     config = load_config([], environ)
     assert config.endpoint == "https://x.openai.azure.com/openai/v1"
@@ -82,7 +84,8 @@ def test_every_setting_is_read_from_the_environment():
         "AZURE_API_KEY": "k", "HOST": "localhost", "PORT": 9999, "FORCED_MODEL": "gpt-x", "MAX_RETRIES": 3,
         "RETRY_BASE_DELAY": 0.5, "RETRY_MAX_DELAY": 4.0, "TOTAL_TIMEOUT": 50.0, "CONNECT_TIMEOUT": 2.0,
         "UPSTREAM_TIMEOUT": 7.0, "MAX_REQUEST_BYTES": 100, "MAX_RESPONSE_BYTES": 200, "LOG_LEVEL": "DEBUG",
-        "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": ("http://a.test", "http://b.test:3000"), "CLIENT_TIMEOUT": 9.0}
+        "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": ("http://a.test", "http://b.test:3000"), "CLIENT_TIMEOUT": 9.0,
+        "UPSTREAM_API": "chat"}
 
 
 @pytest.mark.parametrize("empty", ["", "   "])
@@ -141,6 +144,10 @@ BAD = [
     ({"RETRY_BASE_DELAY": "5", "RETRY_MAX_DELAY": "1"}, "RETRY_MAX_DELAY=1.0 is below RETRY_BASE_DELAY=5.0"),
     ({"HOST": "0.0.0.0"}, "PROXY_API_KEY"),
     ({"ALLOWED_ORIGINS": "*"}, "ALLOWED_ORIGINS"),
+    ({"UPSTREAM_API": "completions"}, "UPSTREAM_API='completions' is not an API; use auto"),
+    ({"UPSTREAM_API": "responses"}, "UPSTREAM_API=responses (Chat Completions clients on a Responses-only upstream)"),
+    ({"UPSTREAM_API": "chat", "AZURE_ENDPOINT": "http://h/openai/deployments/d/responses"},
+     "AZURE_ENDPOINT ends in /responses but UPSTREAM_API=chat"),
 ]
 
 

@@ -5,8 +5,8 @@ import pytest
 from retry_shield.errors import ClientGone, UpstreamFailure
 from retry_shield.prepare import Outbound
 from retry_shield.retry import RetryPolicy
-from retry_shield.shield import (CLIENT_GONE, DELIVERED, FINAL, GAVE_UP, GO, GONE, STOPPING, Exchange, run,
-                                 summary)
+from retry_shield.shield import (CLIENT_GONE, DELIVERED, FINAL, GAVE_UP, GO, GONE, STOPPING, SUMMARY, Exchange,
+                                 run, summary)
 from retry_shield.sse import StreamVerdict
 from retry_shield.upstream import UpstreamAnswer
 
@@ -150,8 +150,9 @@ def test_a_stopping_server_begins_no_new_wait():
 
 def test_summary_line_from_the_exchange():
     exchange, _ = shield([failure(), good()])
-    line = "%s %s %d attempts=%d bytes=%d time=%.2fs model=%s%s%s" % summary(exchange)
-    assert line == "POST /v1/responses 200 attempts=2 bytes=10 time=3.00s model=gpt-sent tokens=3/4 (complete)"
+    line = SUMMARY % summary(exchange)
+    assert line == ("POST /v1/responses 200 attempts=2 bytes=10 time=3.00s model=gpt-sent api=responses->responses "
+                    "tokens=3/4 (complete)")
     gave_up, _ = shield([failure("cut", status=None, retryable=False, body=b"")])
     assert summary(gave_up)[-1] == " (gave up)"
     gone, _ = shield([ClientGone()])

@@ -8,7 +8,7 @@ from retry_shield.buffers import BufferPool
 from retry_shield.config import load_config
 from retry_shield.errors import UpstreamFailure
 from retry_shield.prepare import prepare
-from retry_shield.replies import EVENT_STREAM, answer_reply, give_up_reply
+from retry_shield.replies import EVENT_STREAM, answer_reply, give_up_reply, says_no_such_path
 from retry_shield.routes import check_access, route_error
 from retry_shield.sse import StreamInspector, StreamVerdict
 from retry_shield.upstream import UpstreamAnswer
@@ -51,7 +51,8 @@ def test_a_request_is_forced_to_stream_and_to_the_forced_model():
     raw = b'{"model": "asked", "messages": []}'
     outbound = prepare("/chat/completions", "api-version=1", json.loads(raw), raw, [],
                        config(FORCED_MODEL="forced", AZURE_API_KEY="sk-0123456789"))
-    assert json.loads(outbound.body) == {"model": "forced", "messages": [], "stream": True}
+    assert json.loads(outbound.body) == {"model": "forced", "messages": [], "stream": True,
+                                         "stream_options": {"include_usage": True}}  # for the assembled usage
     assert (outbound.model_asked, outbound.model_sent, outbound.wants_stream) == ("asked", "forced", False)
     assert outbound.url == ENDPOINT + "/chat/completions?api-version=1" and outbound.client_protocol == "chat"
     assert outbound.headers["api-key"] == "sk-0123456789"
@@ -151,3 +152,19 @@ def test_giving_up_otherwise_is_the_proxys_own_error(kind, status):
     error = json.loads(reply.body)["error"]
     assert reply.status == status and error["code"] == kind and error["attempts"] == 3
     assert error["message"] == "upstream failed after 3 attempts: it broke" and error["type"] == "proxy_error"
+
+
+@pytest.mark.parametrize("body, wrong_path", [
+    (b'{"error": {"message": "Invalid URL (POST /v1/responses)", "type": "invalid_request_error"}}', True),
+    (b'{"detail": "Not Found"}', True),
+    (b'{"error": "Unexpected endpoint or method. (POST /v1/responses)"}', True),
+    (b"404 page not found", True),
+    (b"", True),
+    (b'{"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}', True),
+    (b'{"error": {"message": "The model `gpt-9` does not exist", "code": "model_not_found"}}', False),
+    (b'{"error": {"code": "DeploymentNotFound", "message": "The API deployment for this resource does not exist."}}',
+     False),
+    (b'{"error": {"message": "nope 404", "code": "x404"}}', False),
+])
+def test_a_404_says_whether_the_path_is_unknown_or_a_model_is(body, wrong_path):
+    assert says_no_such_path(body) is wrong_path

@@ -212,7 +212,8 @@ def test_body_unchanged_without_forced_model(upstream, make_proxy):
     shield = make_proxy(upstream)
     body = {"model": "gpt-mine", "messages": [{"role": "user", "content": "héllo"}], "stream": False}
     request(shield.port, path="/chat/completions", body=json.dumps(body).encode())
-    assert upstream.requests[-1].json == dict(body, stream=True)
+    # the usage is asked for, so that the assembled chat.completion has it, as the API's would
+    assert upstream.requests[-1].json == dict(body, stream=True, stream_options={"include_usage": True})
     assert upstream.requests[-1].path == "/v1/chat/completions"
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from retry_shield.http1 import upstream_headers
-from retry_shield.routes import is_loopback_host, operation_of, redact_url, upstream_url
+from retry_shield.routes import is_loopback_host, operation_of, redact_url, upstream_protocol, upstream_url
 
 
 @pytest.mark.parametrize("path, operation", [
@@ -124,3 +124,16 @@ def test_hop_by_hop_host_length_and_connection_named_headers_are_dropped(api_key
 ])
 def test_is_loopback_host(host, loopback):
     assert is_loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize("client, endpoint, setting, expected", [
+    ("responses", "http://h/v1", "auto", ("responses", True)),
+    ("chat", "http://h/v1", "auto", ("chat", True)),
+    ("responses", "https://n.openai.azure.com/openai/deployments/d/chat/completions?api-version=1", "auto",
+     ("chat", False)),
+    ("chat", "http://h/openai/deployments/d/responses", "auto", ("responses", False)),
+    ("responses", "http://h/v1", "chat", ("chat", False)),
+    ("chat", "http://h/v1/", "chat", ("chat", False)),
+])
+def test_the_upstream_protocol_is_the_setting_the_url_or_the_clients_own(client, endpoint, setting, expected):
+    assert upstream_protocol(client, endpoint, setting) == expected
