@@ -14,6 +14,7 @@ class ClientError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.wait = wait  # the proxy's own wait before the next attempt, over any hint and the backoff
         self.code = code
 
 
@@ -31,7 +32,7 @@ class UpstreamFailure(Exception):
 
     def __init__(self, kind: str, detail: str, status: Optional[int] = None,
                  headers: Optional[Mapping[str, str]] = None, body: bytes = b"", retryable: bool = True,
-                 message: str = "") -> None:
+                 message: str = "", wait: Optional[float] = None) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
@@ -40,3 +41,4 @@ class UpstreamFailure(Exception):
         self.body = body
         self.retryable = retryable
         self.message = message
+        self.wait = wait  # the proxy's own wait before the next attempt, over any hint and the backoff

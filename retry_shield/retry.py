@@ -95,7 +95,7 @@ class RetryPolicy:
         """
         if not failure.retryable or attempts_made > self.max_retries:
             return None
-        hint = retry_hint(failure.headers, failure.message)
+        hint = failure.wait if failure.wait is not None else retry_hint(failure.headers, failure.message)
         wait = hint if hint is not None else self.backoff(attempts_made - 1)
         if elapsed + wait >= self.total_timeout:
             return None

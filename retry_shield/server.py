@@ -18,6 +18,7 @@ from .errors import UpstreamFailure
 from .handler import ShieldHandler
 from .http1 import upstream_headers
 from .prepare import Outbound
+from .quirks import Quirks
 from .replies import Reply, answer_reply, error_reply
 from .retry import RetryPolicy
 from .routes import Access, check_access, upstream_url
@@ -40,6 +41,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self.config = config
         self.retry_policy = RetryPolicy.from_config(config)
         self.upstream = Upstream(config)
+        self.quirks = Quirks()
         self.started = time.monotonic()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -62,7 +64,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         """Run the shield for one prepared request; the Exchange holds what to answer."""
         config = self.config
         make_attempt = upstream_attempts(self.upstream, outbound, started + config.total_timeout, still_wanted,
-                                         config.max_attempts)
+                                         config.max_attempts, self.quirks)
         return run(Exchange.of(method, path, outbound, started), make_attempt, waiter(self.stopping, still_wanted),
                    self.retry_policy, self.stopping.is_set)
 

@@ -1,5 +1,6 @@
 """The shield itself: attempts, waits and give-ups run through injected callables, recorded as an Exchange."""
 
+import json
 import logging
 import threading
 import time
@@ -9,6 +10,8 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 from .chat_request import ChatPlan
 from .errors import ClientGone, UpstreamFailure
 from .prepare import Outbound
+from .quirks import Quirks, refused_parameter, without
+from .replies import json_body
 from .retry import RetryPolicy
 from .routes import redact_url
 from .sse import StreamVerdict
@@ -132,14 +135,31 @@ def _ended(exchange: Exchange, clock: Callable[[], float], attempts: list, retri
 
 
 def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, still_wanted: Callable[[], bool],
-                      max_attempts: int) -> MakeAttempt:
-    """``make_attempt`` for ``run``: one POST of ``outbound`` through ``upstream`` per call."""
+                      max_attempts: int, quirks: Quirks) -> MakeAttempt:
+    """``make_attempt`` for ``run``: one POST of ``outbound`` through ``upstream`` per call.
+
+    A chat upstream that refuses a parameter the request carries (a 400 naming it) is asked
+    again at once without it, and so is every later request to it: ``quirks`` remembers.
+    """
+    url = outbound.url
+
     def make_attempt(number: int) -> UpstreamAnswer:
+        refused = quirks.of(url) if outbound.upstream_protocol == "chat" else frozenset()
+        body = outbound.body if not refused else json_body(without(json.loads(outbound.body), refused))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("attempt %d/%d: POST %s (%d bytes, model %s)", number, max_attempts,
-                         redact_url(outbound.url), len(outbound.body), outbound.model_sent)
-        return upstream.attempt("POST", outbound.url, outbound.body, outbound.headers, outbound.upstream_protocol,
-                                deadline, still_wanted)
+                         redact_url(url), len(body), outbound.model_sent)
+        answer = upstream.attempt("POST", url, body, outbound.headers, outbound.upstream_protocol, deadline,
+                                  still_wanted)
+        if outbound.upstream_protocol == "chat" and answer.status == 400:
+            name = refused_parameter(answer.status, answer.body, json.loads(body))
+            if name is not None and quirks.learn(url, name):
+                logger.warning("the upstream refused %s; requests to %s go without it from now on", name,
+                               redact_url(url))
+                raise UpstreamFailure("status", "HTTP 400: the upstream refused %s" % name, status=400,
+                                      headers={key.lower(): value for key, value in answer.headers},
+                                      body=bytes(answer.body), wait=0.0)
+        return answer
     return make_attempt
 
 
