@@ -14,7 +14,6 @@ class ClientError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.wait = wait  # the proxy's own wait before the next attempt, over any hint and the backoff
         self.code = code
 
 
