@@ -84,6 +84,9 @@ def translated_reply(answer: UpstreamAnswer, wants_stream: bool, plan: ChatPlan,
         if answer.status != 200:  # an error: the same shape in both APIs
             return answer_reply(answer, wants_stream)
         body = completion_as_stream(answer.body)
+        if body is None:
+            return Reply(502, JSON, json_error_body("the upstream's JSON answer is not a chat.completion",
+                                                    code="bad_answer"), passed_headers(answer.headers))
     else:
         body = answer.body
     headers = [pair for pair in passed_headers(answer.headers) if pair[0].lower() != "cache-control"]
@@ -98,9 +101,17 @@ def translated_reply(answer: UpstreamAnswer, wants_stream: bool, plan: ChatPlan,
     return Reply(200, JSON, json_body(response), headers)
 
 
-def completion_as_stream(body: Union[bytes, memoryview]) -> bytes:
-    """A non-streamed ``chat.completion`` as the one-chunk stream it amounts to, for the translator."""
-    completion = json.loads(bytes(body))
+def completion_as_stream(body: Union[bytes, memoryview]) -> Optional[bytes]:
+    """A non-streamed ``chat.completion`` as the one-chunk stream it amounts to, for the translator;
+    None when the body is no such object (not JSON, or choices that are not message objects)."""
+    try:
+        completion = json.loads(bytes(body))
+    except ValueError:
+        return None
+    choices = (completion.get("choices") or []) if isinstance(completion, dict) else None
+    if not isinstance(choices, list) or not all(
+            isinstance(choice, dict) and isinstance(choice.get("message") or {}, dict) for choice in choices):
+        return None
     chunk = dict(completion, object="chat.completion.chunk",
                  choices=[{"index": choice.get("index", 0), "delta": choice.get("message") or {},
                            "finish_reason": choice.get("finish_reason")}
