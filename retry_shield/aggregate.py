@@ -1,7 +1,7 @@
 """Aggregation: a judged, buffered stream turned into the JSON a non-streaming client expects."""
 
 import json
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, List, Tuple, Union
 
 from .sse import StreamVerdict, iter_sse_data
 
@@ -43,21 +43,28 @@ def assemble_chat_completion(body: Union[bytes, memoryview]) -> Dict[str, Any]:
             # Azure's filter-only chunks carry "" for id and model: they must not blank the real ones.
             if chunk.get(key) is not None and chunk[key] != "":
                 completion[key] = chunk[key]
-        if chunk.get("usage"):
+        if chunk.get("usage") and isinstance(chunk["usage"], dict):
             completion["usage"] = chunk["usage"]
-        for delta_choice in chunk.get("choices") or ():
+        for delta_choice in _dicts(chunk.get("choices")):
             _merge_choice(choices, delta_choice)
     completion["choices"] = [_finish_choice(choices[index]) for index in sorted(choices)]
     return completion
 
 
+def _dicts(values: Any) -> List[Dict[str, Any]]:
+    """The objects of a JSON list; a server's odd value (a string, a number, null) is no object."""
+    return [value for value in values if isinstance(value, dict)] if isinstance(values, list) else []
+
+
 def _merge_choice(choices: Dict[int, Dict[str, Any]], delta_choice: Dict[str, Any]) -> None:
     index = delta_choice.get("index", 0)
+    index = index if isinstance(index, int) else 0
     choice = choices.setdefault(index, {"index": index, "message": {"role": "assistant"},
                                         "parts": {}, "tools": {}, "finish_reason": None})
-    delta = delta_choice.get("delta") or {}
+    delta = delta_choice.get("delta")
+    delta = delta if isinstance(delta, dict) else {}
     for field in ("content", "refusal"):
-        if delta.get(field) is not None:
+        if isinstance(delta.get(field), str):
             choice["parts"].setdefault(field, []).append(delta[field])
     # DeepSeek streams the chain of thought as reasoning_content, OpenRouter as reasoning; a
     # server that sends both in one delta sends the same text twice, so one is taken.
@@ -66,23 +73,23 @@ def _merge_choice(choices: Dict[int, Dict[str, Any]], delta_choice: Dict[str, An
         reasoning = delta.get("reasoning")
     if isinstance(reasoning, str):
         choice["parts"].setdefault("reasoning_content", []).append(reasoning)
-    if delta.get("role"):
+    if delta.get("role") and isinstance(delta["role"], str):
         choice["message"]["role"] = delta["role"]
-    for position, call in enumerate(delta.get("tool_calls") or ()):
+    for position, call in enumerate(_dicts(delta.get("tool_calls"))):
         slot = choice["tools"].setdefault(_call_index(choice["tools"], call, position),
                                           {"type": "function", "arguments": [], "function": {}})
         if call.get("id"):
             slot["id"] = call["id"]
         if call.get("type"):
             slot["type"] = call["type"]
-        function = call.get("function") or {}
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
         if function.get("name"):
             slot["function"]["name"] = function["name"]
         arguments = function.get("arguments")
         if arguments:
             # Arguments sent as a JSON object instead of its text would break the join.
             slot["arguments"].append(arguments if isinstance(arguments, str) else json.dumps(arguments))
-    if delta_choice.get("finish_reason"):
+    if delta_choice.get("finish_reason") and isinstance(delta_choice["finish_reason"], str):
         choice["finish_reason"] = delta_choice["finish_reason"]
     logprobs = delta_choice.get("logprobs")
     if isinstance(logprobs, dict):

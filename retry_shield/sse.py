@@ -52,7 +52,8 @@ def is_final_error(error: object) -> bool:
     """Whether an error object from the upstream names a failure that retrying cannot fix."""
     if not isinstance(error, dict):
         return False
-    return error.get("code") in FINAL_ERROR_CODES or error.get("type") in FINAL_ERROR_TYPES
+    code, kind = error.get("code"), error.get("type")
+    return (isinstance(code, str) and code in FINAL_ERROR_CODES) or (isinstance(kind, str) and kind in FINAL_ERROR_TYPES)
 
 
 def data_json(line: bytes) -> Optional[dict]:

@@ -458,3 +458,26 @@ def test_a_reused_buffer_still_viewed_elsewhere_is_left_for_a_fresh_one():
     assert bytes(inspector.body) == body
     assert inspector.verdict().outcome == V.COMPLETE
     assert bytes(view[:5]) == body[:5]
+
+
+ODD_CHUNKS = [
+    {"choices": "not a list"}, {"choices": [1, None, "x"]}, {"choices": [{"delta": "a string"}]},
+    {"choices": [{"index": "0", "delta": {"content": 42, "role": ["assistant"]}}]},
+    {"choices": [{"delta": {"tool_calls": ["call", 7, {"function": "f"}]}}]},
+    {"choices": [{"delta": {"content": "kept"}, "finish_reason": ["stop"]}], "usage": [1, 2]},
+]
+
+
+def test_odd_values_from_an_upstream_are_skipped_not_fatal():
+    body = b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in ODD_CHUNKS) + b"data: [DONE]\n\n"
+    completion = assemble_chat_completion(body)
+    (choice,) = completion["choices"]
+    assert choice["message"]["content"] == "kept" and choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] is None and "usage" not in completion
+
+
+@pytest.mark.parametrize("error", [{"code": ["context_length_exceeded"]}, {"type": {"a": 1}}, {"code": 429}])
+def test_an_error_with_odd_code_or_type_is_judged_not_fatal(error):
+    inspector = StreamInspector("chat")
+    inspector.feed(b"data: " + json.dumps({"error": dict(error, message="m")}).encode() + b"\n\n")
+    assert inspector.verdict().outcome == V.RETRY
