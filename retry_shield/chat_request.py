@@ -1,20 +1,16 @@
 """Responses -> Chat Completions requests: messages, tools and options, and the plan to map the answer back."""
 
-import hashlib
 import json
 import logging
-import re
-from typing import AbstractSet, Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, NamedTuple, Optional, Tuple
 
+from .chat_tools import CUSTOM_INPUT, ToolNames, call_name, chat_tool_choice, chat_tools, offered_tools
 from .errors import ClientError
 
 logger = logging.getLogger(__name__)
 
 NO_OUTPUT = "(no output)"
-CUSTOM_INPUT = "input"  # the one argument that carries a custom (freeform) tool's text
 PART_JOINER = "\n"  # between the text parts of one message, of one output, of one reasoning item
-NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")  # chat names are ^[a-zA-Z0-9_-]{1,64}$
-GRAMMAR_PREVIEW = 200
 TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
 # Request fields the final Responses `response` object repeats (chat_answer's ECHO_DEFAULTS, and store).
 ECHOED = ("background", "instructions", "max_output_tokens", "max_tool_calls", "metadata", "parallel_tool_calls",
@@ -35,14 +31,6 @@ class ChatPlan(NamedTuple):
     echo: Mapping[str, Any]  # ECHOED fields as the client sent them, None where absent
 
 
-class ToolNames(NamedTuple):
-    """The chat names of the request's tools, both ways."""
-
-    custom: FrozenSet[str]
-    namespaced: Dict[str, Tuple[str, str]]  # chat name -> (namespace, name)
-    flat: Dict[Tuple[str, str], str]  # (namespace, name) -> chat name
-
-
 def to_chat(request: Dict[str, Any]) -> Tuple[Dict[str, Any], ChatPlan]:
     """The Chat Completions request for a Responses request, and the plan for its answer; raises ClientError.
 
@@ -59,7 +47,7 @@ def to_chat(request: Dict[str, Any]) -> Tuple[Dict[str, Any], ChatPlan]:
     items = input_items(request.get("input"))
     tools, names = chat_tools(offered_tools(request.get("tools"), items))
     model = request.get("model") if isinstance(request.get("model"), str) else ""
-    chat = {"model": model} if model else {}  # type: Dict[str, Any]
+    chat: Dict[str, Any] = {"model": model} if model else {}
     chat["messages"] = chat_messages(request.get("instructions"), items, names)
     if not chat["messages"]:
         raise ClientError(400, "the request has neither instructions nor input to send", "missing_required_parameter")
@@ -90,7 +78,7 @@ def input_items(value: Any) -> List[Dict[str, Any]]:
 
 def chat_options(request: Dict[str, Any]) -> Dict[str, Any]:
     """The options with a chat equivalent; the Responses-only ones (store, include, verbosity...) are left out."""
-    options = {}  # type: Dict[str, Any]
+    options: Dict[str, Any] = {}
     for source, target in (("temperature", "temperature"), ("top_p", "top_p"), ("max_output_tokens", "max_tokens")):
         if request.get(source) is not None:
             options[target] = request[source]
@@ -117,122 +105,6 @@ def response_format(fmt: Any) -> Optional[Dict[str, Any]]:
         schema = {key: fmt[key] for key in ("name", "description", "schema", "strict") if fmt.get(key) is not None}
         return {"type": "json_schema", "json_schema": schema}
     raise ClientError(400, "text.format %r has no Chat Completions equivalent" % (kind,), "unsupported_parameter")
-
-
-# -- tools ------------------------------------------------------------------------------------------------------------
-
-def offered_tools(tools: Any, items: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The tools of `tools`, then those of `additional_tools` input items (where Codex puts them for some models)."""
-    found = [tool for tool in tools or [] if isinstance(tool, dict)]
-    for item in items:
-        if item.get("type") == "additional_tools":
-            found.extend(tool for tool in item.get("tools") or [] if isinstance(tool, dict))
-    return found
-
-
-def chat_tools(tools: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], ToolNames]:
-    """Chat function tools: functions as they are, custom tools with one string argument, namespaces
-    flattened (after every plain name is taken, so a flat name never hides one); built-in tools dropped."""
-    taken = set(tool.get("name") for tool in tools if tool.get("type") in ("function", "custom"))
-    out = []  # type: List[Dict[str, Any]]
-    custom = []  # type: List[str]
-    names = ToolNames(frozenset(), {}, {})
-    dropped = []  # type: List[str]
-    for tool in tools:
-        kind = tool.get("type")
-        if kind == "namespace":
-            members = [(tool.get("name") or "", one) for one in tool.get("tools") or [] if isinstance(one, dict)]
-        else:
-            members = [(None, tool)]
-        for namespace, member in members:
-            if member.get("type") not in ("function", "custom"):
-                dropped.append(str(member.get("type")) + ("" if namespace is None else " in namespace %s" % namespace))
-                continue
-            name = str(member.get("name") or "")
-            if namespace is not None:
-                key = (namespace, name)
-                name = names.flat.get(key) or unique(flat_name(namespace, name), taken)
-                taken.add(name)
-                names.flat[key] = name
-                names.namespaced[name] = key
-            if member["type"] == "custom":
-                custom.append(name)
-            out.append(custom_function(name, member) if member["type"] == "custom" else function_tool(name, member))
-    if dropped:
-        logger.debug("tools without a chat equivalent not sent: %s", ", ".join(dropped))
-    return out, names._replace(custom=frozenset(custom))
-
-
-def function_tool(name: str, tool: Dict[str, Any]) -> Dict[str, Any]:
-    """A chat function tool; `strict` only when the client set it."""
-    function = {"name": name}  # type: Dict[str, Any]
-    for key in ("description", "parameters", "strict"):
-        if tool.get(key) is not None:
-            function[key] = tool[key]
-    return {"type": "function", "function": function}
-
-
-def custom_function(name: str, tool: Dict[str, Any]) -> Dict[str, Any]:
-    """A chat function standing for a freeform tool: its text travels as the one string argument `input`."""
-    lines = [tool["description"]] if tool.get("description") else []
-    fmt = tool.get("format")
-    if isinstance(fmt, dict) and fmt.get("type") == "grammar":
-        definition = " ".join(str(fmt.get("definition") or "").split())
-        lines.append("Freeform input; grammar (%s): %s" % (fmt.get("syntax"), definition[:GRAMMAR_PREVIEW]))
-    function = {"name": name, "description": "\n".join(lines)} if lines else {"name": name}  # type: Dict[str, Any]
-    function["parameters"] = {
-        "type": "object",
-        "properties": {CUSTOM_INPUT: {"type": "string", "description": "The raw input text, not JSON-encoded."}},
-        "required": [CUSTOM_INPUT],
-        "additionalProperties": False,
-    }
-    return {"type": "function", "function": function}
-
-
-def flat_name(namespace: str, name: str) -> str:
-    """`<namespace>__<name>` as a valid chat name: other characters become `_`, and one too long keeps
-    its start and ends with a hash of the whole."""
-    joined = NAME_BAD_CHARS.sub("_", "%s__%s" % (namespace, name))
-    if len(joined) <= 64:
-        return joined
-    digest = hashlib.sha1(("%s\0%s" % (namespace, name)).encode("utf-8")).hexdigest()[:8]
-    return "%s_%s" % (joined[:55], digest)
-
-
-def unique(name: str, taken: AbstractSet[Any]) -> str:
-    """`name`, or `name_2`, `name_3`... (cut to fit 64 characters) when another tool has it."""
-    candidate, number = name, 1
-    while candidate in taken:
-        number += 1
-        suffix = "_%d" % number
-        candidate = name[:64 - len(suffix)] + suffix
-    return candidate
-
-
-def call_name(item: Dict[str, Any], names: ToolNames) -> str:
-    """The chat name of a call or tool choice: a namespaced one flattened as its tool was."""
-    name = str(item.get("name") or "")
-    namespace = item.get("namespace")
-    if not namespace:
-        return name
-    return names.flat.get((namespace, name)) or flat_name(namespace, name)
-
-
-def chat_tool_choice(choice: Any, names: ToolNames) -> Any:
-    """Chat's tool_choice for Responses' one; raises ClientError for a choice of built-in tools."""
-    if choice in ("auto", "none", "required"):
-        return choice
-    kind = choice.get("type") if isinstance(choice, dict) else None
-    if kind in ("function", "custom"):
-        return {"type": "function", "function": {"name": call_name(choice, names)}}
-    if kind == "allowed_tools":
-        allowed = [{"type": "function", "function": {"name": call_name(tool, names)}}
-                   for tool in choice.get("tools") or [] if isinstance(tool, dict)
-                   and tool.get("type") in ("function", "custom")]
-        if allowed:
-            return {"type": "allowed_tools", "allowed_tools": {"mode": choice.get("mode"), "tools": allowed}}
-    raise ClientError(400, "tool_choice %s cannot be honoured by a Chat Completions upstream (only function and "
-                      "custom tools are sent)" % json.dumps(choice), "unsupported_parameter")
 
 
 # -- messages ---------------------------------------------------------------------------------------------------------
@@ -316,7 +188,7 @@ def joined_text(content: Any, role: str) -> str:
 
 def user_content(content: Any) -> Any:
     """A user message's content: a string when it is text only, else chat's text and image_url parts."""
-    parts = []  # type: List[Dict[str, Any]]
+    parts: List[Dict[str, Any]] = []
     for part in content_parts(content, "user"):
         kind = part.get("type")
         if kind in TEXT_PARTS:
@@ -378,11 +250,11 @@ class Messages:
     """
 
     def __init__(self) -> None:
-        self.out = []  # type: List[Dict[str, Any]]
-        self.thoughts = []  # type: List[str]
-        self.content = None  # type: Optional[str]
-        self.calls = []  # type: List[Dict[str, Any]]
-        self.answers = None  # type: Optional[Dict[str, List[str]]]  # call id -> outputs, for the last calls
+        self.out: List[Dict[str, Any]] = []
+        self.thoughts: List[str] = []
+        self.content: Optional[str] = None
+        self.calls: List[Dict[str, Any]] = []
+        self.answers: Optional[Dict[str, List[str]]] = None  # call id -> outputs, for the last calls
 
     def plain(self, message: Dict[str, Any]) -> None:
         self.flush()
@@ -427,7 +299,7 @@ class Messages:
             if thoughts:
                 logger.debug("reasoning with no assistant message after it dropped")
             return
-        message = {"role": "assistant", "content": content}  # type: Dict[str, Any]
+        message: Dict[str, Any] = {"role": "assistant", "content": content}
         if thoughts:
             message["reasoning_content"] = PART_JOINER.join(thoughts)
         if calls:

@@ -134,7 +134,7 @@ def test_each_codex_turn_starts_with_the_messages_of_the_turn_before(name):
 
 
 def test_codex_gpt_5_codex_tool_round_trip(caplog):
-    caplog.set_level(logging.DEBUG, logger="retry_shield.chat_request")
+    caplog.set_level(logging.DEBUG, logger="retry_shield")
     turn1, turn2 = capture("gpt-5-codex")["requests"]
     chat, plan = to_chat(turn2)
     names = [tool["function"]["name"] for tool in chat["tools"]]
@@ -324,7 +324,7 @@ def test_namespaced_calls_use_the_flattened_name():
 
 
 def test_an_orphan_output_is_dropped_and_a_call_without_output_gets_no_output(caplog):
-    caplog.set_level(logging.DEBUG, logger="retry_shield.chat_request")
+    caplog.set_level(logging.DEBUG, logger="retry_shield")
     items = [user("q"), output("ghost"), call("c1"), user("stop"), output("c1", "too late")]
     messages = messages_of(request(*items))
     assert messages == [
@@ -388,7 +388,7 @@ def test_namespace_names_are_sanitised_shortened_and_unique():
 
 
 def test_built_in_tools_are_dropped_with_one_debug_line(caplog):
-    caplog.set_level(logging.DEBUG, logger="retry_shield.chat_request")
+    caplog.set_level(logging.DEBUG, logger="retry_shield")
     built_in = [{"type": "web_search"}, {"type": "tool_search", "execution": "client"}, {"type": "file_search"},
                 {"type": "image_generation"}, {"type": "local_shell"}]
     chat, _ = to_chat(request(user("q"), tools=[FUNCTION] + built_in, tool_choice="auto"))
@@ -477,7 +477,7 @@ def test_call_ids_are_those_already_in_the_conversation():
 
 
 def test_a_namespace_member_without_a_chat_equivalent_is_dropped(caplog):
-    caplog.set_level(logging.DEBUG, logger="retry_shield.chat_request")
+    caplog.set_level(logging.DEBUG, logger="retry_shield")
     namespace = {"type": "namespace", "name": "ns", "description": "",
                  "tools": [{"type": "web_search"}, dict(FUNCTION, name="run")]}
     chat, plan = to_chat(request(user("q"), tools=[namespace]))
