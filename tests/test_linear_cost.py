@@ -42,13 +42,14 @@ def cpu_ns(pid):
 
 
 @pytest.fixture
-def proxy_process(upstream):
+def proxy_process(upstream, request):
     if not os.path.exists("/proc/%d/task/%d/schedstat" % (os.getpid(), os.getpid())):
         pytest.skip("needs Linux's /proc/PID/task/*/schedstat to read the proxy's CPU time")
     port = free_port()
     settings = {setting.env for setting in SETTINGS}  # none of the caller's may leak in
     env = {name: value for name, value in os.environ.items() if name not in settings}
-    env.update(AZURE_ENDPOINT=upstream.url + "/v1", HOST="127.0.0.1", PORT=str(port), LOG_LEVEL="WARNING")
+    env.update(AZURE_ENDPOINT=upstream.url + "/v1", HOST="127.0.0.1", PORT=str(port), LOG_LEVEL="WARNING",
+               UPSTREAM_API=getattr(request, "param", "auto"))
     process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -59,7 +60,7 @@ def proxy_process(upstream):
         process.wait(timeout=30)
 
 
-def proxy_cpu(process, conn, upstream, answer, framing):
+def proxy_cpu(process, conn, upstream, answer, framing, translated=False):
     """Milliseconds of the proxy's CPU for one streamed request, and the size of the answer."""
     upstream.reset()  # keeps only this answer's bytes
     upstream.plan(good(text=answer[0], deltas=answer[1], framing=framing))
@@ -68,7 +69,10 @@ def proxy_cpu(process, conn, upstream, answer, framing):
     response = conn.getresponse()
     body = response.read()
     spent = (cpu_ns(process.pid) - before) / 1e6
-    assert response.status == 200 and body == upstream.sent[-1], "the client did not get the upstream's bytes"
+    if translated:  # a chat stream in, a Responses stream out
+        assert response.status == 200 and body.startswith(b"event: response.completed", body.rfind(b"\n\nevent: ") + 2)
+    else:
+        assert response.status == 200 and body == upstream.sent[-1], "the client did not get the upstream's bytes"
     return spent, len(body)
 
 
@@ -90,3 +94,25 @@ def test_four_times_the_answer_costs_less_than_six_times_the_cpu(upstream, proxy
     assert 3.5 < large_size / small_size < 4.5
     assert min(large) < 6 * min(small), "%s: %.1f ms of proxy CPU for %d bytes, %.1f ms for %d bytes (x%.1f)" % (
         framing, min(small), small_size, min(large), large_size, min(large) / min(small))
+
+
+@pytest.mark.parametrize("proxy_process", ["chat"], indirect=True)
+def test_translation_costs_less_than_six_times_the_cpu_for_four_times_the_answer(upstream, proxy_process):
+    """A Responses client on a chat upstream: judging, then translating, stays linear."""
+    process, port = proxy_process
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        proxy_cpu(process, conn, upstream, SMALL, "chunked", translated=True)
+        proxy_cpu(process, conn, upstream, LARGE, "chunked", translated=True)
+        small, large = [], []
+        for _ in range(RUNS):
+            cost, small_size = proxy_cpu(process, conn, upstream, SMALL, "chunked", translated=True)
+            small.append(cost)
+            cost, large_size = proxy_cpu(process, conn, upstream, LARGE, "chunked", translated=True)
+            large.append(cost)
+    finally:
+        conn.close()
+    assert all(seen.path.endswith("/chat/completions") for seen in upstream.requests)
+    assert 3.5 < large_size / small_size < 4.5
+    assert min(large) < 6 * min(small), "translated: %.1f ms of proxy CPU for %d bytes, %.1f ms for %d bytes (x%.1f)" % (
+        min(small), small_size, min(large), large_size, min(large) / min(small))
