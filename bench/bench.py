@@ -66,11 +66,12 @@ CODEX_REQUEST = codex_request()
 PROXY_SETTINGS = ("AZURE_ENDPOINT", "AZURE_API_KEY", "HOST", "PORT", "FORCED_MODEL", "MAX_RETRIES",
                   "RETRY_BASE_DELAY", "RETRY_MAX_DELAY", "TOTAL_TIMEOUT", "CONNECT_TIMEOUT", "UPSTREAM_TIMEOUT",
                   "MAX_REQUEST_BYTES", "MAX_RESPONSE_BYTES", "LOG_LEVEL", "PROXY_API_KEY", "ALLOWED_ORIGINS",
-                  "CLIENT_TIMEOUT")
+                  "CLIENT_TIMEOUT", "UPSTREAM_API")
 
 # Answers the fake upstream serves: name -> number of output_text deltas.
 SIZES = {"500k": 2000, "20m": 80000, "small": 12}
 FRAMINGS = ("16k", "event", "length")
+CHAT_ANSWER = ("500k", "16k", "chat")  # the one chat answer served: the translation row's
 CHUNK = 16384
 
 # ---------------------------------------------------------------------------
@@ -130,6 +131,24 @@ def responses_stream(deltas):
     return b"".join(out)
 
 
+def chat_stream(deltas):
+    """The same answer as ``responses_stream(deltas)`` as a Chat Completions stream, for the translation row."""
+    pieces = [TOKENS[(i * 7 + i // 5) % len(TOKENS)] for i in range(deltas)]
+    head = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1755443393, "model": "gpt-5-codex"}
+
+    def chunk(delta, finish=None, **extra):
+        data = dict(head, choices=[{"index": 0, "delta": delta, "finish_reason": finish}], **extra)
+        return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+    out = [chunk({"role": "assistant", "content": ""})] + [chunk({"content": piece}) for piece in pieces]
+    out.append(chunk({}, finish="stop"))
+    usage = {"prompt_tokens": 1234, "completion_tokens": deltas, "total_tokens": 1234 + deltas,
+             "prompt_tokens_details": {"cached_tokens": 1024}}
+    out.append(b"data: " + json.dumps(dict(head, choices=[], usage=usage), separators=(",", ":")).encode()
+               + b"\n\n")
+    return b"".join(out) + b"data: [DONE]\n\n"
+
+
 def wire(body, framing):
     """Status line, headers and framed body, ready for one write."""
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nx-request-id: bench\r\n"
@@ -162,7 +181,8 @@ class UpstreamHandler(http.server.BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
         if query.get("delay"):
             time.sleep(float(query["delay"]))
-        self.wfile.write(self.server.answers[query.get("size", "small"), query.get("framing", "16k")])
+        api = "chat" if self.path.partition("?")[0].endswith("/chat/completions") else "responses"
+        self.wfile.write(self.server.answers[query.get("size", "small"), query.get("framing", "16k"), api])
 
     def do_GET(self):
         self.send_response(200)
@@ -183,7 +203,9 @@ def serve_upstream():
     """Build the answers, listen on 127.0.0.1:0, print the port and sizes, serve until stdin closes."""
     bodies = {name: responses_stream(deltas) for name, deltas in SIZES.items()}
     server = UpstreamServer(("127.0.0.1", 0), UpstreamHandler)
-    server.answers = {(name, framing): wire(body, framing) for name, body in bodies.items() for framing in FRAMINGS}
+    server.answers = {(name, framing, "responses"): wire(body, framing)
+                      for name, body in bodies.items() for framing in FRAMINGS}
+    server.answers[CHAT_ANSWER] = wire(chat_stream(SIZES["500k"]), "16k")
     threading.Thread(target=server.serve_forever, daemon=True).start()
     sys.stdout.write(json.dumps({"port": server.server_address[1],
                                  "sizes": {name: len(body) for name, body in bodies.items()}}) + "\n")
@@ -226,10 +248,11 @@ def stop_process(process):
 class Proxy:
     """``python proxy.py`` as a user runs it, on a free port, in front of the fake upstream."""
 
-    def __init__(self, upstream_port):
+    def __init__(self, upstream_port, upstream_api="auto"):
         self.port = free_port()  # PORT=0 would work, but the port is only printed in the log
         env = {name: value for name, value in os.environ.items() if name not in PROXY_SETTINGS}
-        env.update(AZURE_ENDPOINT="http://127.0.0.1:%d/v1" % upstream_port, HOST="127.0.0.1", PORT=str(self.port))
+        env.update(AZURE_ENDPOINT="http://127.0.0.1:%d/v1" % upstream_port, HOST="127.0.0.1", PORT=str(self.port),
+                   UPSTREAM_API=upstream_api)
         # Default settings (log level INFO included: one summary line per request, as users run it).
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen([sys.executable, PROXY, "--env-file", os.devnull], env=env,
@@ -311,15 +334,20 @@ class Client:
     def __init__(self, port):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 
-    def post(self, query, request=REQUEST):
+    def post(self, query, request=REQUEST, path="/v1/responses"):
         started = time.perf_counter()
-        self.conn.request("POST", "/v1/responses?" + query, body=request,
+        self.conn.request("POST", path + "?" + query, body=request,
                           headers={"Content-Type": "application/json", "Authorization": "Bearer sk-bench"})
         response = self.conn.getresponse()
         body = response.read()
         elapsed = time.perf_counter() - started
-        if response.status != 200 or not body.startswith(b"event: response.completed", body.rfind(b"\n\nevent: ") + 2):
-            raise SystemExit("bench: a bad answer (HTTP %d, %d bytes) for %s" % (response.status, len(body), query))
+        if path.endswith("/chat/completions"):
+            whole = body.endswith(b"data: [DONE]\n\n")
+        else:
+            whole = body.startswith(b"event: response.completed", body.rfind(b"\n\nevent: ") + 2)
+        if response.status != 200 or not whole:
+            raise SystemExit("bench: a bad answer (HTTP %d, %d bytes) for %s %s" % (response.status, len(body), path,
+                                                                                   query))
         return elapsed, body
 
     def close(self):
@@ -345,6 +373,28 @@ def latency(up_port, proxy_port, query, count, warmup, request=REQUEST):
     proxied.close()
     assert len(sizes) == 1, "direct and proxied answers differ in size: %s" % sorted(sizes)
     return {name: statistics.median(values) * 1000 for name, values in times.items()}, len(times["direct"])
+
+
+def translation_latency(plain_port, chat_port, count, warmup):
+    """Median ms of the 500 KB chat answer passed to a chat client, and translated for a Responses client."""
+    query = "size=500k&framing=16k"
+    chat_request = json.dumps({"model": "gpt-bench", "stream": True,
+                               "messages": [{"role": "user", "content": "Write the program."}]}).encode()
+    passed, translated = Client(plain_port), Client(chat_port)
+    clients = (("passed", lambda: passed.post(query, chat_request, "/v1/chat/completions")),
+               ("translated", lambda: translated.post(query)))
+    times = {"passed": [], "translated": []}
+    for _ in range(warmup):
+        for _, post in clients:
+            post()
+    rounds = 10
+    for _ in range(rounds):
+        for name, post in clients:
+            for _ in range(max(1, count // rounds)):
+                times[name].append(post()[0])
+    passed.close()
+    translated.close()
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}, len(times["passed"])
 
 
 def cost_per_mb(up_port, size_bytes, runs):
@@ -502,6 +552,18 @@ def run(quick):
                          "<= +1 ms" if target else "(reference)", verdict(added <= target) if target else ""))
             key = "latency_" + framing + ("_big_request" if request is CODEX_REQUEST else "")
             results[key] = dict(medians, added_ms=added, requests=done)
+
+        chat_proxy = Proxy(up_port, upstream_api="chat")
+        try:
+            medians, done = translation_latency(proxy.port, chat_proxy.port, count, warmup)
+        finally:
+            chat_proxy.stop()
+        added = medians["translated"] - medians["passed"]
+        rows.append(("latency, %d KB chat answer, passed to a chat client / translated for Responses (median ms of %d)"
+                     % (sizes["500k"] // 1000, done), "%.2f" % medians["passed"], "%.2f" % medians["translated"],
+                     "%+.2f ms, x%.2f" % (added, medians["translated"] / medians["passed"]), "<= +2 ms",
+                     verdict(added <= 2.0)))
+        results["translation"] = dict(medians, added_ms=added, requests=done)
 
         cost = cost_per_mb(up_port, sizes["20m"], runs)
         results["cost"] = cost

@@ -1,9 +1,19 @@
 """Aggregation: a judged, buffered stream turned into the JSON a non-streaming client expects."""
 
 import json
+import re
 from typing import Any, Dict, List, Tuple, Union
 
-from .sse import StreamVerdict, iter_sse_data
+from .sse import StreamVerdict
+
+
+# Each data line of a stream: group 1 when it is a chunk that only adds text to the first
+# choice, in the compact form most servers stream (no nested object outside the delta), else
+# group 2. Such text is taken without parsing its chunk, and a run of them is decoded at once;
+# other chunks (roles, tool calls, finish, usage) are parsed.
+DATA_LINE = re.compile(rb'^data:[ \t]*(?:\{[^{}\[\]\r\n]*"choices":\[\{"index":0,"delta":\{"content":'
+                       rb'"([^"\\\r\n]*(?:\\.[^"\\\r\n]*)*)"\}(?:,"logprobs":null)?,"finish_reason":null\}\]'
+                       rb'[^{}\[\]\r\n]*\}[ \t]*\r?$|([^\r\n]*))', re.M)
 
 
 def stream_as_json(body: Union[bytes, memoryview], verdict: StreamVerdict) -> Tuple[int, Any]:
@@ -30,7 +40,14 @@ def assemble_chat_completion(body: Union[bytes, memoryview]) -> Dict[str, Any]:
     """Turn a buffered Chat Completions stream into the ``chat.completion`` a non-streaming client expects."""
     completion: Dict[str, Any] = {"object": "chat.completion", "choices": []}
     choices: Dict[int, Dict[str, Any]] = {}
-    for payload in iter_sse_data(body):
+    texts: List[bytes] = []  # the JSON-escaped text of content-only chunks not yet added
+    for line in DATA_LINE.finditer(bytes(body)):
+        payload = line.group(2)
+        if payload is None:
+            texts.append(line.group(1))
+            continue
+        payload = payload.strip()
+        _add_texts(choices, texts)
         if payload == b"[DONE]":
             continue
         try:
@@ -47,8 +64,33 @@ def assemble_chat_completion(body: Union[bytes, memoryview]) -> Dict[str, Any]:
             completion["usage"] = chunk["usage"]
         for delta_choice in _dicts(chunk.get("choices")):
             _merge_choice(choices, delta_choice)
+    _add_texts(choices, texts)
     completion["choices"] = [_finish_choice(choices[index]) for index in sorted(choices)]
     return completion
+
+
+def _add_texts(choices: Dict[int, Dict[str, Any]], texts: List[bytes]) -> None:
+    """Add the pending JSON-escaped texts to the first choice's content, decoded in one go."""
+    if not texts:
+        return
+    try:
+        text = json.loads(b'"' + b"".join(texts) + b'"', strict=False)
+    except ValueError:  # one bad escape: decode them one by one and drop only that one, as a chunk that
+        text = "".join(_decoded(piece) for piece in texts)  # does not parse is dropped
+    _choice(choices, 0)["parts"].setdefault("content", []).append(text)
+    texts.clear()
+
+
+def _decoded(text: bytes) -> str:
+    try:
+        return json.loads(b'"' + text + b'"', strict=False)
+    except ValueError:
+        return ""
+
+
+def _choice(choices: Dict[int, Dict[str, Any]], index: int) -> Dict[str, Any]:
+    return choices.setdefault(index, {"index": index, "message": {"role": "assistant"},
+                                      "parts": {}, "tools": {}, "finish_reason": None})
 
 
 def _dicts(values: Any) -> List[Dict[str, Any]]:
@@ -58,9 +100,7 @@ def _dicts(values: Any) -> List[Dict[str, Any]]:
 
 def _merge_choice(choices: Dict[int, Dict[str, Any]], delta_choice: Dict[str, Any]) -> None:
     index = delta_choice.get("index", 0)
-    index = index if isinstance(index, int) else 0
-    choice = choices.setdefault(index, {"index": index, "message": {"role": "assistant"},
-                                        "parts": {}, "tools": {}, "finish_reason": None})
+    choice = _choice(choices, index if isinstance(index, int) else 0)
     delta = delta_choice.get("delta")
     delta = delta if isinstance(delta, dict) else {}
     for field in ("content", "refusal"):

@@ -2,7 +2,7 @@
 
 import json
 import re
-from typing import Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from .buffers import Loan
 from .search import byte_finder
@@ -256,10 +256,3 @@ class StreamInspector:
         usage = next((self._usage(span) for span in data[1:3]
                       if self.buffer.find(b'"usage"', span[0], span[1]) >= 0), None)
         return StreamVerdict(StreamVerdict.COMPLETE, "completed", usage=usage)
-
-
-def iter_sse_data(body: Union[bytes, memoryview]) -> Iterator[bytes]:
-    """Each ``data:`` payload of an SSE body, as bytes."""
-    for line in bytes(body).splitlines():
-        if line.startswith(b"data:"):
-            yield line[5:].strip()

@@ -9,6 +9,8 @@ import random
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retry_shield.aggregate import assemble_chat_completion
 from retry_shield.sse import StreamInspector, StreamVerdict
@@ -481,3 +483,47 @@ def test_an_error_with_odd_code_or_type_is_judged_not_fatal(error):
     inspector = StreamInspector("chat")
     inspector.feed(b"data: " + json.dumps({"error": dict(error, message="m")}).encode() + b"\n\n")
     assert inspector.verdict().outcome == V.RETRY
+
+
+def compact_chunk(text, **extra):
+    value = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
+    value.update(extra)
+    return b"data: " + json.dumps(value, separators=(",", ":")).encode() + b"\n\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(texts=st.lists(st.text(max_size=12), max_size=12), ascii_only=st.booleans())
+def test_content_only_chunks_read_without_parsing_give_what_parsing_gives(texts, ascii_only):
+    """Compact content-only chunks are taken by the DATA_LINE fast path; the result is what parsing gives."""
+    def chunk(text):
+        value = json.loads(compact_chunk(text)[6:])
+        return b"data: " + json.dumps(value, separators=(",", ":"), ensure_ascii=ascii_only).encode() + b"\n\n"
+    role = chunk("")[:-2].replace(b'"delta":{"content":""}', b'"delta":{"role":"assistant","content":""}') + b"\n\n"
+    body = role + b"".join(chunk(text) for text in texts) + chunk("")[:-2].replace(
+        b'"finish_reason":null', b'"finish_reason":"stop"') + b"\n\ndata: [DONE]\n\n"
+    (choice,) = assemble_chat_completion(body)["choices"]
+    assert choice["message"]["content"] == "".join(texts)
+    assert choice["finish_reason"] == "stop" and completion_id(body) == "c"
+
+
+def completion_id(body):
+    return assemble_chat_completion(body).get("id")
+
+
+def test_fast_and_parsed_chunks_keep_their_order():
+    tool = b'data: {"choices":[{"index":0,"delta":{"content":"B","tool_calls":[]},"finish_reason":null}]}\n\n'
+    body = compact_chunk("A") + tool + compact_chunk("C") + b"data: [DONE]\n\n"
+    assert assemble_chat_completion(body)["choices"][0]["message"]["content"] == "ABC"
+
+
+def test_a_bad_escape_drops_only_its_own_chunk():
+    bad = compact_chunk("X").replace(b'"content":"X"', b'"content":"\\q"')
+    body = compact_chunk("a") + bad + compact_chunk("b") + b"data: [DONE]\n\n"
+    assert assemble_chat_completion(body)["choices"][0]["message"]["content"] == "ab"
+
+
+def test_a_chunk_with_more_than_text_is_parsed():
+    usage = compact_chunk("t", usage={"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+    completion = assemble_chat_completion(compact_chunk("s") + usage + b"data: [DONE]\n\n")
+    assert completion["choices"][0]["message"]["content"] == "st" and completion["usage"]["total_tokens"] == 3
