@@ -75,6 +75,13 @@ def chat_to_response(body: Union[bytes, memoryview], plan: "ChatPlan", ids: str,
     return response
 
 
+# The field a call item streams, and the name of the events that carry it.
+STREAMED_FIELD = {
+    "function_call": ("arguments", "response.function_call_arguments"),
+    "custom_tool_call": ("input", "response.custom_tool_call_input"),
+}
+
+
 def response_events(response: Dict[str, Any]) -> bytes:
     """The Responses SSE stream a streaming client gets for ``response``, in the API's event order."""
     frames = []
@@ -256,18 +263,13 @@ def _item_events(index: int, item: Dict[str, Any]) -> Iterator[Event]:
         for content_index, part in enumerate(item.get("content") or ()):
             for event in _part_events(dict(where, content_index=content_index), part):
                 yield event
-    elif kind == "function_call":
-        arguments = item.get("arguments", "")
+    elif kind in STREAMED_FIELD:
+        field, event = STREAMED_FIELD[kind]
+        value = item.get(field, "")
         yield "response.output_item.added", {"output_index": index,
-                                             "item": dict(item, arguments="", status="in_progress")}
-        yield "response.function_call_arguments.delta", dict(where, delta=arguments)
-        yield "response.function_call_arguments.done", dict(where, arguments=arguments)
-    elif kind == "custom_tool_call":
-        text = item.get("input", "")
-        yield "response.output_item.added", {"output_index": index,
-                                             "item": dict(item, input="", status="in_progress")}
-        yield "response.custom_tool_call_input.delta", dict(where, delta=text)
-        yield "response.custom_tool_call_input.done", dict(where, input=text)
+                                             "item": dict(item, status="in_progress", **{field: ""})}
+        yield event + ".delta", dict(where, delta=value)
+        yield event + ".done", dict(where, **{field: value})
     else:
         yield "response.output_item.added", {"output_index": index, "item": item}
     yield "response.output_item.done", {"output_index": index, "item": item}

@@ -20,6 +20,13 @@ FAST_SETTINGS = {
 
 
 @pytest.fixture
+def chat_upstream():
+    """A scripted upstream that speaks Chat Completions only: POST /responses gets a 404, as from real ones."""
+    with FakeUpstream(speaks=("chat",)) as fake:
+        yield fake
+
+
+@pytest.fixture
 def upstream():
     with FakeUpstream() as fake:
         yield fake

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from tests.chat_streams import chat_answer
-from tests.fake_upstream import FakeUpstream, cut, raw, status
+from tests.fake_upstream import cut, raw, status
 from tests.helpers import free_port
 from tests.test_codex_cli import HERE, OFFLINE, codex_binary
 
@@ -23,12 +23,6 @@ from tests.test_codex_cli import HERE, OFFLINE, codex_binary
 UNSANDBOXED = ["--dangerously-bypass-approvals-and-sandbox"]
 CODEX_TIMEOUT = 60
 CHAT_PATH = "/v1/chat/completions"
-
-
-@pytest.fixture
-def chat_upstream():
-    with FakeUpstream(speaks=("chat",)) as fake:
-        yield fake
 
 
 @pytest.fixture
