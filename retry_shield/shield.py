@@ -103,12 +103,13 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
         except UpstreamFailure as failure:
             attempts.append(AttemptRecord(number, failure.kind, failure.status, failure.detail, clock() - began))
             seconds = None if stopping() else policy.next_wait(failure, number, clock() - exchange.started)
+            allowed = max(number, policy.max_attempts_for(failure))  # fewer for some kinds (a name not found)
             if seconds is None:
-                logger.warning("attempt %d/%d failed: %s; giving up", number, policy.max_retries + 1, failure.detail)
+                logger.warning("attempt %d/%d failed: %s; giving up", number, allowed, failure.detail)
                 return _ended(exchange, clock, attempts, retries, waited, GAVE_UP, failure=failure,
                               size=len(failure.body) if failure.kind == "status" else 0)
-            logger.warning("attempt %d/%d failed: %s; retrying in %.1f s", number, policy.max_retries + 1,
-                           failure.detail, seconds)
+            logger.warning("attempt %d/%d failed: %s; retrying in %.1f s", number, allowed, failure.detail,
+                           seconds)
             retries += 1
             wait_began = clock()
             ended = wait(seconds)
