@@ -195,3 +195,18 @@ def summary(exchange: Exchange) -> Tuple[Any, ...]:
     return (exchange.method, exchange.path, exchange.status, len(exchange.attempts), exchange.bytes,
             exchange.seconds, exchange.model_sent, exchange.client_protocol, exchange.upstream_protocol, tokens,
             (" (%s)" % note) if note else "")
+
+
+def credentials_warning(exchange: Exchange, config: Any) -> Optional[str]:
+    """The WARNING line when the upstream refused the credentials (401, 403): the setting is named, never a key."""
+    last = exchange.attempts[-1] if exchange.attempts else None
+    if last is None or last.kind != "ok" or last.status not in (401, 403):
+        return None
+    refused = "the upstream refused the credentials (HTTP %d)" % last.status
+    if config.api_key:
+        return refused + "; check AZURE_API_KEY"
+    if config.proxy_api_key:
+        return (refused + ": AZURE_API_KEY is empty, and the client's key is PROXY_API_KEY, which is not forwarded, "
+                "so no key was sent; set AZURE_API_KEY to the upstream's key")
+    return (refused + ": AZURE_API_KEY is empty, so the client's own key was forwarded; set AZURE_API_KEY to the "
+            "upstream's key")
