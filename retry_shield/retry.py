@@ -92,10 +92,18 @@ class RetryPolicy:
         ``attempts_made`` counts attempts so far (1 after the first); ``elapsed`` is the
         time since the request arrived. An upstream hint (Retry-After and friends)
         wins over the backoff, but never stretches the request past total_timeout.
+        A kept-alive connection reset after the request went out is retried at once:
+        most often the upstream closed it idle just as the request was sent, and the
+        next attempt goes out on a new connection (a reset there waits the backoff).
         """
         if not failure.retryable or attempts_made > self.max_retries:
             return None
-        hint = failure.wait if failure.wait is not None else retry_hint(failure.headers, failure.message)
+        if failure.wait is not None:
+            hint: Optional[float] = failure.wait
+        elif failure.kind == "reset" and failure.reused:
+            hint = 0.0
+        else:
+            hint = retry_hint(failure.headers, failure.message)
         wait = hint if hint is not None else self.backoff(attempts_made - 1)
         if elapsed + wait >= self.total_timeout:
             return None

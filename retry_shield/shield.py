@@ -140,17 +140,25 @@ def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, s
 
     A chat upstream that refuses a parameter the request carries (a 400 naming it) is asked
     again at once without it, and so is every later request to it: ``quirks`` remembers.
+    After an attempt lost on a kept-alive connection, the next one opens a new connection.
     """
     url = outbound.url
+    fresh = False
 
     def make_attempt(number: int) -> UpstreamAnswer:
+        nonlocal fresh
         refused = quirks.of(url) if outbound.upstream_protocol == "chat" else frozenset()
         body = outbound.body if not refused else json_body(without(json.loads(outbound.body), refused))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("attempt %d/%d: POST %s (%d bytes, model %s)", number, max_attempts,
                          redact_url(url), len(body), outbound.model_sent)
-        answer = upstream.attempt("POST", url, body, outbound.headers, outbound.upstream_protocol, deadline,
-                                  still_wanted)
+        try:
+            answer = upstream.attempt("POST", url, body, outbound.headers, outbound.upstream_protocol, deadline,
+                                      still_wanted, fresh=fresh)
+        except UpstreamFailure as failure:
+            fresh = failure.reused
+            raise
+        fresh = False
         if outbound.upstream_protocol == "chat" and answer.status == 400:
             name = refused_parameter(answer.status, answer.body, json.loads(body))
             if name is not None and quirks.learn(url, name):

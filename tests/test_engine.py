@@ -157,3 +157,44 @@ def test_summary_line_from_the_exchange():
     assert summary(gave_up)[-1] == " (gave up)"
     gone, _ = shield([ClientGone()])
     assert summary(gone)[2] == 499 and summary(gone)[-1] == " (client gone)"
+
+
+class ScriptedUpstream:
+    """Upstream.attempt without sockets: each call does what the plan says and records ``fresh``."""
+
+    def __init__(self, plan):
+        self.plan, self.fresh = list(plan), []
+
+    def attempt(self, method, url, body, headers, protocol, deadline, still_wanted, fresh=False):
+        self.fresh.append(fresh)
+        step = self.plan.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+
+def lost(reused):
+    return UpstreamFailure("reset", "connection lost before the answer", reused=reused)
+
+
+def test_a_reset_on_a_kept_alive_connection_is_an_attempt_retried_at_once_on_a_new_connection():
+    """The request went out on a kept-alive connection and was lost: the upstream may have it, so it
+    counts; the next attempt follows at once on a new connection, and a reset there waits the backoff."""
+    from retry_shield.quirks import Quirks
+    from retry_shield.shield import upstream_attempts
+    clock = Clock()
+    upstream = ScriptedUpstream([lost(reused=True), lost(reused=False), good()])
+    make_attempt = upstream_attempts(upstream, OUTBOUND, clock.now + 600, lambda: True, 9, Quirks())
+    waits = []
+
+    def wait(seconds):
+        waits.append(seconds)
+        return GO
+
+    policy = RetryPolicy(8, 1.0, 30.0, 600.0, rng=lambda: 1.0)
+    exchange = run(Exchange.of("POST", "/v1/responses", OUTBOUND, clock.now), make_attempt, wait, policy,
+                   lambda: False, clock)
+    assert exchange.outcome == DELIVERED and [a.kind for a in exchange.attempts] == ["reset", "reset", "ok"]
+    assert summary(exchange)[3] == 3 and exchange.retries == 2
+    assert waits == [0.0, 2.0]  # at once, then the backoff of a second retry
+    assert upstream.fresh == [False, True, False]  # only the attempt after the kept-alive loss must be new
