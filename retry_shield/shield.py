@@ -11,7 +11,7 @@ from .chat_request import ChatPlan
 from .errors import ClientGone, UpstreamFailure
 from .prepare import Outbound
 from .quirks import Quirks, refused_parameter, without
-from .replies import json_body
+from .replies import STOPPED, json_body
 from .retry import RetryPolicy
 from .routes import redact_url
 from .sse import StreamVerdict
@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 # What became of a request.
 DELIVERED = "delivered"  # a good answer (complete, incomplete, or a 200 that does not stream)
 FINAL = "final"  # an answer no retry can change (a 4xx, a final error code), passed on at once
-GAVE_UP = "gave_up"  # retries or time ran out, or the server stopped: the last failure is answered
+GAVE_UP = "gave_up"  # retries or time ran out, or the failure is final: the last failure is answered
 CLIENT_GONE = "client_gone"  # the client left first: nothing is answered
+# STOPPED (replies.STOPPED): the proxy is stopping and no attempt may follow: answered 503 proxy_stopping
 
 # What a wait between attempts ended in.
 GO, GONE, STOPPING = "go", "gone", "stopping"
@@ -88,21 +89,33 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
 
     ``make_attempt(number)`` returns an UpstreamAnswer or raises UpstreamFailure or
     ClientGone; ``wait(seconds)`` returns GO, GONE or STOPPING; ``stopping()`` says the
-    server is stopping, so no new wait begins.
+    server is stopping: no attempt or wait begins, and a request that has no answer yet ends
+    STOPPED, unless its last failure is final (then it is given up as usual).
     """
     attempts = []
     retries, waited = 0, 0.0
+    failure = None
     while True:
         number = len(attempts) + 1
+        if stopping():
+            return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
         began = clock()
         try:
             answer = make_attempt(number)
         except ClientGone:
             attempts.append(AttemptRecord(number, "client_gone", None, "client gone", clock() - began))
             return _ended(exchange, clock, attempts, retries, waited, CLIENT_GONE, status=499)
-        except UpstreamFailure as failure:
+        except UpstreamFailure as failed:
+            failure = failed
             attempts.append(AttemptRecord(number, failure.kind, failure.status, failure.detail, clock() - began))
-            seconds = None if stopping() else policy.next_wait(failure, number, clock() - exchange.started)
+            if failure.retryable and stopping():  # another attempt could help, but none may begin now
+                if failure.kind == "stopping":  # the stop cut this attempt short
+                    logger.warning("attempt %d/%d %s", number, policy.max_retries + 1, failure.detail)
+                else:
+                    logger.warning("attempt %d/%d failed: %s; not retried: the proxy is stopping", number,
+                                   policy.max_retries + 1, failure.detail)
+                return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
+            seconds = policy.next_wait(failure, number, clock() - exchange.started)
             if seconds is None:
                 logger.warning("attempt %d/%d failed: %s; giving up", number, policy.max_retries + 1, failure.detail)
                 return _ended(exchange, clock, attempts, retries, waited, GAVE_UP, failure=failure,
@@ -114,8 +127,7 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
             ended = wait(seconds)
             waited += clock() - wait_began
             if ended == STOPPING:
-                return _ended(exchange, clock, attempts, retries, waited, GAVE_UP, failure=failure,
-                              size=len(failure.body) if failure.kind == "status" else 0)
+                return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
             if ended == GONE:
                 return _ended(exchange, clock, attempts, retries, waited, CLIENT_GONE, status=499)
             continue
@@ -187,7 +199,7 @@ def waiter(stopping: threading.Event, still_wanted: Callable[[], bool]) -> Wait:
 
 
 SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs model=%s api=%s->%s%s%s"
-NOTES = {GAVE_UP: "gave up", CLIENT_GONE: "client gone"}
+NOTES = {GAVE_UP: "gave up", CLIENT_GONE: "client gone", STOPPED: "proxy stopping"}
 
 
 def summary(exchange: Exchange) -> Tuple[Any, ...]:

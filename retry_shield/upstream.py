@@ -30,6 +30,7 @@ WRONG_API = {
 }
 NOT_TLS = frozenset(("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"))
 STOPPING = "the proxy is stopping"
+CUT_SHORT = "cut short: the proxy is stopping"
 
 
 class UpstreamAnswer(NamedTuple):
@@ -233,6 +234,10 @@ class Upstream:
                     self.pool.give(origin, conn)
                     kept = True
                 return answer
+            except UpstreamFailure as failure:
+                if self.stopped and failure.kind != "stopping":  # what cut() did, not what the upstream did
+                    raise UpstreamFailure("stopping", CUT_SHORT, reused=failure.reused) from None
+                raise
             finally:
                 self.open_sockets.discard(sock)
                 if not kept:

@@ -576,3 +576,35 @@ def test_a_kept_connection_found_dead_while_sending_is_not_an_attempt(upstream, 
         assert peer.recv(1) == b""  # the dead connection was closed, not kept
     finally:
         peer.close()
+
+
+def test_a_request_waiting_to_retry_gets_proxy_stopping_at_once_when_the_proxy_stops(upstream, make_proxy, caplog):
+    caplog.set_level("WARNING", logger="retry_shield")
+    upstream.plan(status(503), good())
+    shield = make_proxy(upstream, RETRY_BASE_DELAY="30", RETRY_MAX_DELAY="30", TOTAL_TIMEOUT="120")
+    result = {}
+    client = threading.Thread(target=lambda: result.update(answer=streamed(shield.port, PROTOCOLS["responses"])))
+    client.start()
+    deadline = time.monotonic() + 10
+    while not any("; retrying in" in record.getMessage() for record in caplog.records):  # the 30 s wait began
+        assert time.monotonic() < deadline, "attempt 1 was not followed by a wait"
+        time.sleep(0.01)
+    started = time.monotonic()
+    shield.server.drain(grace=5.0)
+    client.join(timeout=10)
+    assert time.monotonic() - started < 2.0
+    status_code, headers, body = result["answer"]
+    error = json.loads(body)["error"]
+    assert status_code == 503 and error["code"] == "proxy_stopping" and error["attempts"] == 1
+    assert "HTTP 503" in error["last_failure"] and headers["connection"] == "close"
+    assert upstream.attempts == 1
+
+
+def test_a_request_that_arrives_while_stopping_is_not_sent_upstream(upstream, make_proxy):
+    """A kept-alive client connection can still bring a request after the listener is closed."""
+    shield = make_proxy(upstream)
+    shield.server.stopping.set()
+    status_code, headers, body = streamed(shield.port, PROTOCOLS["chat"])
+    error = json.loads(body)["error"]
+    assert status_code == 503 and error["code"] == "proxy_stopping" and "not sent upstream" in error["message"]
+    assert upstream.requests == [] and headers["connection"] == "close"
