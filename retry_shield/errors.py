@@ -25,13 +25,14 @@ class UpstreamFailure(Exception):
     """One upstream attempt went wrong.
 
     ``kind`` names what happened (dns, connect, reset, timeout, status, cut, unterminated,
-    stream_error, json_error, too_large, tls); ``retryable`` says whether another attempt
-    may succeed; ``status``, ``headers`` and ``body`` keep what the upstream said.
+    stream_error, json_error, too_large, tls, stopping); ``retryable`` says whether another
+    attempt may succeed; ``status``, ``headers`` and ``body`` keep what the upstream said;
+    ``reused`` says the attempt went out on a kept-alive connection.
     """
 
     def __init__(self, kind: str, detail: str, status: Optional[int] = None,
                  headers: Optional[Mapping[str, str]] = None, body: bytes = b"", retryable: bool = True,
-                 message: str = "", wait: Optional[float] = None) -> None:
+                 message: str = "", wait: Optional[float] = None, reused: bool = False) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
@@ -41,3 +42,4 @@ class UpstreamFailure(Exception):
         self.retryable = retryable
         self.message = message
         self.wait = wait  # the proxy's own wait before the next attempt, over any hint and the backoff
+        self.reused = reused

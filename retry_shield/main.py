@@ -4,6 +4,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from typing import List, Optional, Tuple
@@ -18,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 # Seconds a stopping server gives requests in flight before it cuts them short.
 SHUTDOWN_GRACE = 5.0
+# The signals that stop the proxy: the first with SHUTDOWN_GRACE, a second one at once.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class SecretFilter(logging.Filter):
@@ -63,6 +66,65 @@ def env_file_warning(env_file: EnvFile) -> Optional[str]:
         return None
     return ("python-dotenv is not installed, so %s is not read; settings come from the environment "
             "only (install it: pip install -r requirements.txt)" % env_file.path)
+
+
+def stopping_message(grace: float, active: int) -> str:
+    """The line logged at once when the first stop signal arrives."""
+    if not active:
+        return "stopping"
+    return "stopping; waiting up to %g s for %d request%s (Ctrl-C again to stop at once)" % (
+        grace, active, "" if active == 1 else "s")
+
+
+def exit_code(signum: Optional[int]) -> int:
+    """The exit code after the first stop signal: 130 after Ctrl-C (SIGINT), as shells expect of a
+    program the user interrupted; 0 after SIGTERM, a requested stop that service managers count as clean."""
+    return 128 + signum if signum == signal.SIGINT else 0
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A Python-level handler must be set for Python to write the signal to the wakeup socket."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM as they arrive, read in a thread: ``next()`` blocks until one comes.
+
+    No code of ours runs inside the signal handler: it interrupts the main thread anywhere,
+    even while that holds a lock (starting a thread or setting an Event there can deadlock).
+    Python's own C-level handler writes each signal's number to a socket instead
+    (``signal.set_wakeup_fd``). A SIGINT ignored when the proxy started stays ignored, as a
+    background job's should: Ctrl-C in the terminal is for the foreground program (chatgpt.sh
+    starts the proxy so, and stops it with SIGTERM).
+    """
+
+    def __init__(self) -> None:
+        self._reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        self._writer = writer  # kept open for as long as Python may write to it
+        self.handled = frozenset(signum for signum in STOP_SIGNALS
+                                 if signum != signal.SIGINT or signal.getsignal(signum) is not signal.SIG_IGN)
+        signal.set_wakeup_fd(writer.fileno())
+        for signum in self.handled:
+            signal.signal(signum, _ignore)
+
+    def next(self) -> int:
+        while True:
+            data = self._reader.recv(1)
+            if data and data[0] in self.handled:
+                return data[0]
+
+
+def _watch_signals(signals: StopSignals, server: ShieldServer, received: List[int]) -> None:
+    """The first signal: say what the stop waits for, stop accepting; the second: stop at once."""
+    received.append(signals.next())
+    logger.info("%s", stopping_message(SHUTDOWN_GRACE, server.active))
+    server.stopping.set()  # no new attempt or backoff wait begins
+    server.shutdown()  # serve_forever returns, and main() drains
+    signals.next()
+    active = server.active
+    logger.warning("stopping now%s", "; answering %d request%s in flight with proxy_stopping" % (
+        active, "" if active == 1 else "s") if active else "")
+    server.stop_now()
 
 
 def _banner(config: Config, server: ShieldServer) -> None:
@@ -132,11 +194,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.stderr.write("proxy.py: error: %s\n" % exc)
         return 2
 
-    def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    received: List[int] = []
+    threading.Thread(target=_watch_signals, args=(StopSignals(), server, received), name="signals",
+                     daemon=True).start()
     _banner(config, server)
     try:
         server.serve_forever()
@@ -144,4 +204,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         server.server_close()  # refuse new connections while the ones in flight finish
         server.drain(grace=SHUTDOWN_GRACE)
         logger.info("stopped")
-    return 0
+    return exit_code(received[0] if received else None)

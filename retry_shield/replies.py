@@ -16,6 +16,8 @@ NO_SUCH_PATH = re.compile(r"not found|unknown|invalid url|unexpected endpoint|no
                           re.IGNORECASE)
 NAMES_A_MODEL = re.compile(r"model|deployment", re.IGNORECASE)
 EVENT_STREAM = "text/event-stream; charset=utf-8"
+# The shield's outcome (shield.STOPPED) when the proxy's stop ended a request before it had an answer.
+STOPPED = "stopped"
 
 
 class Reply(NamedTuple):
@@ -160,11 +162,27 @@ def give_up_reply(failure: UpstreamFailure, attempts: int) -> Reply:
                                                last_failure=failure.detail))
 
 
+def stopping_reply(failure: Optional[UpstreamFailure], attempts: int) -> Reply:
+    """The reply when the proxy stops before a request has its answer: a 503 that blames the stop,
+    not the upstream, naming the last failure if there was one; the connection is closed after it."""
+    if failure is None:  # the stop came before the first attempt
+        return error_reply(503, "the proxy is stopping; the request was not sent upstream", "proxy_stopping",
+                           kind="proxy_error", close=True)
+    if failure.kind == "stopping":
+        message = "the proxy is stopping; attempt %d was cut short" % attempts
+    else:
+        message = "the proxy is stopping; no retry after attempt %d failed: %s" % (attempts, failure.detail)
+    return Reply(503, JSON, json_error_body(message, "proxy_error", code="proxy_stopping", attempts=attempts,
+                                            last_failure=failure.detail), close=True)
+
+
 def reply_for(exchange: Any, ids: str, created_at: int) -> Reply:
-    """The reply for a finished Exchange that has an answer or a failure to give.
+    """The reply for a finished Exchange that has an answer or a failure to give, or that the stop ended.
 
     ``ids`` and ``created_at`` (a unique token, the time in seconds) are used only by a translation.
     """
+    if exchange.outcome == STOPPED:
+        return stopping_reply(exchange.failure, len(exchange.attempts))
     answer = exchange.answer
     if answer is None:
         return give_up_reply(exchange.failure, len(exchange.attempts))

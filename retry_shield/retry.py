@@ -100,10 +100,18 @@ class RetryPolicy:
         time since the request arrived. An upstream hint (Retry-After and friends)
         wins over the backoff, but never stretches the request past total_timeout. Some
         kinds have fewer retries (RETRIES_BY_KIND), counted over all the request's attempts.
+        A kept-alive connection reset after the request went out is retried at once:
+        most often the upstream closed it idle just as the request was sent, and the
+        next attempt goes out on a new connection (a reset there waits the backoff).
         """
         if not failure.retryable or attempts_made >= self.max_attempts_for(failure):
             return None
-        hint = failure.wait if failure.wait is not None else retry_hint(failure.headers, failure.message)
+        if failure.wait is not None:
+            hint: Optional[float] = failure.wait
+        elif failure.kind == "reset" and failure.reused:
+            hint = 0.0
+        else:
+            hint = retry_hint(failure.headers, failure.message)
         wait = hint if hint is not None else self.backoff(attempts_made - 1)
         if elapsed + wait >= self.total_timeout:
             return None

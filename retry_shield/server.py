@@ -43,7 +43,8 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self.upstream = Upstream(config)
         self.quirks = Quirks()
         self.started = time.monotonic()
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # no new attempt or wait begins
+        self.hurry = threading.Event()  # stop_now(): the drain cuts requests in flight short at once
         self._lock = threading.Lock()
         self._counters: Dict[str, int] = collections.Counter()
         self._apis: Dict[str, int] = collections.Counter()  # requests by "client->upstream" protocol
@@ -153,17 +154,23 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         super().server_close()
         self.upstream.close()
 
-    def drain(self, grace: float) -> None:
-        """Let requests in flight finish within ``grace`` seconds, then cut their upstream reads short.
+    def stop_now(self) -> None:
+        """End the grace of ``drain`` (running or to come): requests in flight are answered at once."""
+        self.stopping.set()
+        self.hurry.set()
 
-        Backoff waits end at once (the client gets the last failure); a request still
-        reading after ``grace`` has its upstream socket shut, so it too answers with a
-        clean error instead of a dropped connection.
+    def drain(self, grace: float) -> None:
+        """Let requests in flight finish within ``grace`` seconds (less after ``stop_now``), then cut
+        their upstream reads short.
+
+        Backoff waits end at once; a request still reading after ``grace`` has its upstream
+        socket shut. Either way the client gets a clean 503 ``proxy_stopping`` instead of a
+        dropped connection.
         """
         self.stopping.set()
         end = time.monotonic() + grace
-        while self.active and time.monotonic() < end:
-            time.sleep(0.05)
+        while self.active and time.monotonic() < end and not self.hurry.is_set():
+            self.hurry.wait(0.05)
         self.upstream.cut()
         end = time.monotonic() + 1.0
         while self.active and time.monotonic() < end:

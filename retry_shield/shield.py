@@ -11,7 +11,7 @@ from .chat_request import ChatPlan
 from .errors import ClientGone, UpstreamFailure
 from .prepare import Outbound
 from .quirks import Quirks, refused_parameter, without
-from .replies import json_body
+from .replies import STOPPED, json_body
 from .retry import RetryPolicy
 from .routes import redact_url
 from .sse import StreamVerdict
@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 # What became of a request.
 DELIVERED = "delivered"  # a good answer (complete, incomplete, or a 200 that does not stream)
 FINAL = "final"  # an answer no retry can change (a 4xx, a final error code), passed on at once
-GAVE_UP = "gave_up"  # retries or time ran out, or the server stopped: the last failure is answered
+GAVE_UP = "gave_up"  # retries or time ran out, or the failure is final: the last failure is answered
 CLIENT_GONE = "client_gone"  # the client left first: nothing is answered
+# STOPPED (replies.STOPPED): the proxy is stopping and no attempt may follow: answered 503 proxy_stopping
 
 # What a wait between attempts ended in.
 GO, GONE, STOPPING = "go", "gone", "stopping"
@@ -88,22 +89,34 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
 
     ``make_attempt(number)`` returns an UpstreamAnswer or raises UpstreamFailure or
     ClientGone; ``wait(seconds)`` returns GO, GONE or STOPPING; ``stopping()`` says the
-    server is stopping, so no new wait begins.
+    server is stopping: no attempt or wait begins, and a request that has no answer yet ends
+    STOPPED, unless its last failure is final (then it is given up as usual).
     """
     attempts = []
     retries, waited = 0, 0.0
+    failure = None
     while True:
         number = len(attempts) + 1
+        if stopping():
+            return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
         began = clock()
         try:
             answer = make_attempt(number)
         except ClientGone:
             attempts.append(AttemptRecord(number, "client_gone", None, "client gone", clock() - began))
             return _ended(exchange, clock, attempts, retries, waited, CLIENT_GONE, status=499)
-        except UpstreamFailure as failure:
+        except UpstreamFailure as failed:
+            failure = failed
             attempts.append(AttemptRecord(number, failure.kind, failure.status, failure.detail, clock() - began))
-            seconds = None if stopping() else policy.next_wait(failure, number, clock() - exchange.started)
             allowed = max(number, policy.max_attempts_for(failure))  # fewer for some kinds (a name not found)
+            if failure.retryable and stopping():  # another attempt could help, but none may begin now
+                if failure.kind == "stopping":  # the stop cut this attempt short
+                    logger.warning("attempt %d/%d %s", number, allowed, failure.detail)
+                else:
+                    logger.warning("attempt %d/%d failed: %s; not retried: the proxy is stopping", number,
+                                   allowed, failure.detail)
+                return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
+            seconds = policy.next_wait(failure, number, clock() - exchange.started)
             if seconds is None:
                 logger.warning("attempt %d/%d failed: %s; giving up", number, allowed, failure.detail)
                 return _ended(exchange, clock, attempts, retries, waited, GAVE_UP, failure=failure,
@@ -115,8 +128,7 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
             ended = wait(seconds)
             waited += clock() - wait_began
             if ended == STOPPING:
-                return _ended(exchange, clock, attempts, retries, waited, GAVE_UP, failure=failure,
-                              size=len(failure.body) if failure.kind == "status" else 0)
+                return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
             if ended == GONE:
                 return _ended(exchange, clock, attempts, retries, waited, CLIENT_GONE, status=499)
             continue
@@ -141,17 +153,25 @@ def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, s
 
     A chat upstream that refuses a parameter the request carries (a 400 naming it) is asked
     again at once without it, and so is every later request to it: ``quirks`` remembers.
+    After an attempt lost on a kept-alive connection, the next one opens a new connection.
     """
     url = outbound.url
+    fresh = False
 
     def make_attempt(number: int) -> UpstreamAnswer:
+        nonlocal fresh
         refused = quirks.of(url) if outbound.upstream_protocol == "chat" else frozenset()
         body = outbound.body if not refused else json_body(without(json.loads(outbound.body), refused))
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("attempt %d/%d: POST %s (%d bytes, model %s)", number, max_attempts,
                          redact_url(url), len(body), outbound.model_sent)
-        answer = upstream.attempt("POST", url, body, outbound.headers, outbound.upstream_protocol, deadline,
-                                  still_wanted)
+        try:
+            answer = upstream.attempt("POST", url, body, outbound.headers, outbound.upstream_protocol, deadline,
+                                      still_wanted, fresh=fresh)
+        except UpstreamFailure as failure:
+            fresh = failure.reused
+            raise
+        fresh = False
         if outbound.upstream_protocol == "chat" and answer.status == 400:
             name = refused_parameter(answer.status, answer.body, json.loads(body))
             if name is not None and quirks.learn(url, name):
@@ -180,7 +200,7 @@ def waiter(stopping: threading.Event, still_wanted: Callable[[], bool]) -> Wait:
 
 
 SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs model=%s api=%s->%s%s%s"
-NOTES = {GAVE_UP: "gave up", CLIENT_GONE: "client gone"}
+NOTES = {GAVE_UP: "gave up", CLIENT_GONE: "client gone", STOPPED: "proxy stopping"}
 
 
 def summary(exchange: Exchange) -> Tuple[Any, ...]:

@@ -29,6 +29,8 @@ WRONG_API = {
             "Responses API, which Chat Completions clients cannot use through this proxy yet",
 }
 NOT_TLS = frozenset(("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"))
+STOPPING = "the proxy is stopping"
+CUT_SHORT = "cut short: the proxy is stopping"
 
 
 class UpstreamAnswer(NamedTuple):
@@ -54,6 +56,11 @@ class UpstreamAnswer(NamedTuple):
 
 def kb(size: int) -> str:
     return "%d bytes" % size if size < 1024 else "%d KB" % (size // 1024)
+
+
+def reason_of(exc: BaseException) -> str:
+    """What an OSError says (its strerror), else the name of the exception."""
+    return getattr(exc, "strerror", None) or exc.__class__.__name__
 
 
 def readable(sock: socket.socket) -> bool:
@@ -161,20 +168,31 @@ class Upstream:
         self.pool = ConnectionPool()
         self.buffers = BufferPool()
         self.open_sockets: Set[socket.socket] = set()
+        self.stopped = False  # set by cut(): the server is stopping, no attempt goes out any more
 
     def attempt(self, method: str, url: str, body: Optional[bytes], headers: Mapping[str, str],
-                protocol: Optional[str], deadline: float, still_wanted: Callable[[], bool]) -> UpstreamAnswer:
+                protocol: Optional[str], deadline: float, still_wanted: Callable[[], bool],
+                fresh: bool = False) -> UpstreamAnswer:
         """Make one upstream attempt and read its whole answer.
 
         Returns an UpstreamAnswer the client may receive; raises UpstreamFailure for
         anything worth another attempt (or a final proxy-side failure), and ClientGone
         when ``still_wanted()`` turns false while reading. ``protocol`` is the SSE
         protocol to judge the answer by, or None for an answer passed on as it comes.
+        ``fresh``: on a new connection, not a kept-alive one.
+
+        A kept-alive connection found dead before the request was written whole is
+        dropped and the request goes out on another: nothing reached the upstream, so
+        that is no attempt. Once the request is written, the upstream may have it (and
+        bill it): a connection lost after that is a failed attempt, ``reused`` if it
+        was a kept-alive one.
         """
         config = self.config
         origin = url.split("/", 3)[2]
         while True:
-            conn = self.pool.take(origin)
+            if self.stopped:
+                raise UpstreamFailure("stopping", STOPPING)
+            conn = None if fresh else self.pool.take(origin)
             reused = conn is not None
             if conn is None:
                 conn = open_connection(url, config.connect_timeout)
@@ -186,16 +204,26 @@ class Upstream:
                 sock = conn.sock  # kept: http.client drops conn.sock when the answer is close-delimited
                 sock.settimeout(max(0.001, min(config.upstream_timeout, deadline - time.monotonic())))
                 self.open_sockets.add(sock)
+                if self.stopped:  # cut() ran before this socket was in open_sockets
+                    raise UpstreamFailure("stopping", STOPPING)
                 try:
                     conn.request(method, target_of(url), body=body, headers=dict(headers))
+                except socket.timeout:
+                    raise UpstreamFailure("timeout", "sending the request timed out after %ss"
+                                          % config.upstream_timeout, reused=reused) from None
+                except (OSError, http.client.HTTPException) as exc:
+                    if reused and not self.stopped:
+                        continue  # closed by the upstream while idle: the request never left whole
+                    raise UpstreamFailure("reset", "connection lost while sending the request: %s"
+                                          % reason_of(exc)) from None
+                try:
                     response = conn.getresponse()
                 except socket.timeout:
-                    raise UpstreamFailure("timeout", "no answer within %ss" % config.upstream_timeout) from None
+                    raise UpstreamFailure("timeout", "no answer within %ss" % config.upstream_timeout,
+                                          reused=reused) from None
                 except (OSError, http.client.HTTPException) as exc:
-                    if reused:
-                        continue  # the upstream closed the idle connection just now: not a failed attempt
-                    raise UpstreamFailure("reset", "connection lost before the answer: %s"
-                                          % (getattr(exc, "strerror", None) or exc.__class__.__name__,)) from None
+                    raise UpstreamFailure("reset", "connection lost before the answer%s: %s" % (
+                        " on a kept-alive connection" if reused else "", reason_of(exc)), reused=reused) from None
                 reader = AnswerReader(config, response, protocol, self.buffers)
                 answer = None
                 try:
@@ -210,6 +238,10 @@ class Upstream:
                     self.pool.give(origin, conn)
                     kept = True
                 return answer
+            except UpstreamFailure as failure:
+                if self.stopped and failure.kind != "stopping":  # what cut() did, not what the upstream did
+                    raise UpstreamFailure("stopping", CUT_SHORT, reused=failure.reused) from None
+                raise
             finally:
                 self.open_sockets.discard(sock)
                 if not kept:
@@ -218,7 +250,8 @@ class Upstream:
                     conn.close()
 
     def cut(self) -> None:
-        """Shut every upstream socket in use: their reads end at once, as failed attempts."""
+        """Shut every upstream socket in use: their reads end at once, as failed attempts; none begins after."""
+        self.stopped = True
         for sock in list(self.open_sockets):
             try:
                 sock.shutdown(socket.SHUT_RDWR)

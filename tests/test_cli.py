@@ -7,13 +7,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 import proxy
 from retry_shield.config import SETTINGS
-from retry_shield.main import SHUTDOWN_GRACE
+from retry_shield.main import SHUTDOWN_GRACE, exit_code, stopping_message
 from tests.helpers import free_port, request, wait_for_health
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +52,7 @@ def test_readme_quick_start_runs_the_proxy(upstream, tmp_path):
     finally:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
-    assert process.returncode == 0, err
+    assert process.returncode == 130, err  # Ctrl-C, as shells expect it
     assert "listening on http://127.0.0.1:%d/v1" % port in err
     assert "Traceback" not in err + out
 
@@ -119,7 +120,7 @@ def test_runs_on_python_3_8(upstream):
     finally:
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=30)
-    assert process.returncode == 0 and "Traceback" not in err
+    assert process.returncode == 130 and "Traceback" not in err
 
 
 def test_sigterm_fails_a_stuck_request_cleanly_within_seconds(upstream):
@@ -145,6 +146,104 @@ def test_sigterm_fails_a_stuck_request_cleanly_within_seconds(upstream):
         if process.poll() is None:
             process.kill()
     status, _, body = result["answer"]
-    assert status in (502, 504) and json.loads(body)["error"]["type"] == "proxy_error"
-    assert process.returncode == 0 and "Traceback" not in err
+    error = json.loads(body)["error"]
+    assert status == 503 and error["type"] == "proxy_error" and error["code"] == "proxy_stopping"
+    assert process.returncode == 0 and "Traceback" not in err  # after SIGTERM
     assert took < SHUTDOWN_GRACE + 5
+
+
+class StderrLines:
+    """A process's stderr, read line by line in a thread, so that a test can wait for a line with a deadline."""
+
+    def __init__(self, process):
+        self.lines = []
+        self.thread = threading.Thread(target=self._read, args=(process.stderr,), daemon=True)
+        self.thread.start()
+
+    def _read(self, stream):
+        for line in stream:
+            self.lines.append(line)
+
+    def wait_for(self, text, timeout):
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            assert time.monotonic() < deadline, "no %r on stderr within %ss: %s" % (text, timeout, self.text())
+            time.sleep(0.01)
+
+    def text(self):
+        self.thread.join(timeout=5)
+        return "".join(self.lines)
+
+
+def start_proxy(upstream, **settings):
+    port = free_port()
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port), **settings)
+    process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,
+                               stderr=subprocess.PIPE, text=True)
+    return process, port, StderrLines(process)
+
+
+def test_ctrl_c_says_what_it_waits_for_and_a_second_one_stops_at_once(upstream):
+    """First Ctrl-C: one line at once, the request in flight goes on. Second: the process ends within
+    about a second with 130, and the client gets a clean 503 proxy_stopping, not a dropped connection."""
+    from tests.fake_upstream import good
+    upstream.plan(good(delay=30.0))
+    process, port, stderr = start_proxy(upstream)
+    result = {}
+    try:
+        wait_for_health(port)
+        client = threading.Thread(target=lambda: result.update(answer=request(port)))
+        client.start()
+        upstream.wait_attempts(1, timeout=10)
+        process.send_signal(signal.SIGINT)
+        stderr.wait_for("stopping; waiting up to %g s for 1 request" % SHUTDOWN_GRACE, timeout=1.0)
+        assert process.poll() is None and client.is_alive()
+        second = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+        took = time.monotonic() - second
+        client.join(timeout=10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    err = stderr.text()
+    assert process.returncode == 130, err
+    assert took < 1.5, "the second Ctrl-C took %.2f s" % took
+    status, headers, body = result["answer"]
+    error = json.loads(body)["error"]
+    assert status == 503 and error["code"] == "proxy_stopping" and error["type"] == "proxy_error", body
+    assert "connection lost" not in error["message"]
+    assert "Traceback" not in err and "stopped" in err
+
+
+def test_the_stop_line_and_exit_codes():
+    assert stopping_message(5.0, 0) == "stopping"
+    assert stopping_message(5.0, 1) == "stopping; waiting up to 5 s for 1 request (Ctrl-C again to stop at once)"
+    assert stopping_message(2.5, 3).startswith("stopping; waiting up to 2.5 s for 3 requests")
+    assert (exit_code(signal.SIGINT), exit_code(signal.SIGTERM), exit_code(None)) == (130, 0, 0)
+
+
+def test_a_proxy_started_with_ctrl_c_ignored_keeps_ignoring_it(upstream):
+    """A script's background job (chatgpt.sh's proxy) starts with SIGINT ignored: the terminal's Ctrl-C is
+    for the foreground program, and the script stops the proxy with SIGTERM. Had the SIGINT been taken,
+    it would be the first stop signal and the exit code 130."""
+    port = free_port()
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port))
+    process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull], env=env,
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    stderr = StderrLines(process)
+    try:
+        wait_for_health(port)
+        process.send_signal(signal.SIGINT)
+        # Answering takes the proxy back to user space, where a pending signal is delivered: had the
+        # SIGINT been taken, it is now ahead of the SIGTERM (two pending at once come in either order).
+        assert request(port, "GET", "/health", body=None)[0] == 200
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    err = stderr.text()
+    assert process.returncode == 0, err
+    assert err.count("stopping") == 1 and "stopping now" not in err

@@ -5,8 +5,8 @@ import pytest
 from retry_shield.errors import ClientGone, UpstreamFailure
 from retry_shield.prepare import Outbound
 from retry_shield.retry import RetryPolicy
-from retry_shield.shield import (CLIENT_GONE, DELIVERED, FINAL, GAVE_UP, GO, GONE, STOPPING, SUMMARY, Exchange,
-                                 run, summary)
+from retry_shield.shield import (CLIENT_GONE, DELIVERED, FINAL, GAVE_UP, GO, GONE, STOPPED, STOPPING, SUMMARY,
+                                 Exchange, run, summary)
 from retry_shield.sse import StreamVerdict
 from retry_shield.upstream import UpstreamAnswer
 
@@ -140,12 +140,35 @@ def test_client_gone_during_a_wait():
 def test_a_stopping_server_ends_the_wait_with_the_last_failure():
     last = failure()
     exchange, script = shield([last, good()], waits=[STOPPING])
-    assert exchange.outcome == GAVE_UP and exchange.failure is last and script.numbers == [1]
+    assert exchange.outcome == STOPPED and exchange.failure is last and script.numbers == [1]
+    assert exchange.status == 503 and summary(exchange)[-1] == " (proxy stopping)"
 
 
 def test_a_stopping_server_begins_no_new_wait():
-    exchange, script = shield([failure(), good()], stopping=lambda: True)
-    assert exchange.outcome == GAVE_UP and script.asked_waits == [] and script.numbers == [1]
+    stops = iter([False, True])  # the server begins stopping during attempt 1
+    exchange, script = shield([failure(), good()], stopping=lambda: next(stops))
+    assert exchange.outcome == STOPPED and script.asked_waits == [] and script.numbers == [1]
+    assert [a.kind for a in exchange.attempts] == ["status"]
+
+
+def test_a_stopping_server_begins_no_attempt():
+    exchange, script = shield([good()], stopping=lambda: True)
+    assert exchange.outcome == STOPPED and script.numbers == [] and exchange.attempts == ()
+    assert exchange.failure is None and exchange.status == 503
+
+
+def test_a_final_failure_while_stopping_is_given_up_as_usual():
+    final = failure("tls", status=None, retryable=False, body=b"")
+    stops = iter([False, True])
+    exchange, _ = shield([final], stopping=lambda: next(stops))
+    assert exchange.outcome == GAVE_UP and exchange.failure is final
+
+
+def test_an_attempt_cut_short_by_the_stop_is_counted():
+    stops = iter([False, True])
+    cut_short = UpstreamFailure("stopping", "cut short: the proxy is stopping")
+    exchange, _ = shield([cut_short], stopping=lambda: next(stops))
+    assert exchange.outcome == STOPPED and summary(exchange)[3] == 1 and exchange.attempts[0].kind == "stopping"
 
 
 def test_summary_line_from_the_exchange():
@@ -157,3 +180,44 @@ def test_summary_line_from_the_exchange():
     assert summary(gave_up)[-1] == " (gave up)"
     gone, _ = shield([ClientGone()])
     assert summary(gone)[2] == 499 and summary(gone)[-1] == " (client gone)"
+
+
+class ScriptedUpstream:
+    """Upstream.attempt without sockets: each call does what the plan says and records ``fresh``."""
+
+    def __init__(self, plan):
+        self.plan, self.fresh = list(plan), []
+
+    def attempt(self, method, url, body, headers, protocol, deadline, still_wanted, fresh=False):
+        self.fresh.append(fresh)
+        step = self.plan.pop(0)
+        if isinstance(step, BaseException):
+            raise step
+        return step
+
+
+def lost(reused):
+    return UpstreamFailure("reset", "connection lost before the answer", reused=reused)
+
+
+def test_a_reset_on_a_kept_alive_connection_is_an_attempt_retried_at_once_on_a_new_connection():
+    """The request went out on a kept-alive connection and was lost: the upstream may have it, so it
+    counts; the next attempt follows at once on a new connection, and a reset there waits the backoff."""
+    from retry_shield.quirks import Quirks
+    from retry_shield.shield import upstream_attempts
+    clock = Clock()
+    upstream = ScriptedUpstream([lost(reused=True), lost(reused=False), good()])
+    make_attempt = upstream_attempts(upstream, OUTBOUND, clock.now + 600, lambda: True, 9, Quirks())
+    waits = []
+
+    def wait(seconds):
+        waits.append(seconds)
+        return GO
+
+    policy = RetryPolicy(8, 1.0, 30.0, 600.0, rng=lambda: 1.0)
+    exchange = run(Exchange.of("POST", "/v1/responses", OUTBOUND, clock.now), make_attempt, wait, policy,
+                   lambda: False, clock)
+    assert exchange.outcome == DELIVERED and [a.kind for a in exchange.attempts] == ["reset", "reset", "ok"]
+    assert summary(exchange)[3] == 3 and exchange.retries == 2
+    assert waits == [0.0, 2.0]  # at once, then the backoff of a second retry
+    assert upstream.fresh == [False, True, False]  # only the attempt after the kept-alive loss must be new

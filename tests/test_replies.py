@@ -168,3 +168,30 @@ def test_giving_up_otherwise_is_the_proxys_own_error(kind, status):
 ])
 def test_a_404_says_whether_the_path_is_unknown_or_a_model_is(body, wrong_path):
     assert says_no_such_path(body) is wrong_path
+
+
+# -- stopping ------------------------------------------------------------------
+
+
+def test_the_stop_is_answered_503_proxy_stopping_and_names_the_last_failure():
+    from retry_shield.replies import stopping_reply
+    unsent = stopping_reply(None, 0)
+    assert (unsent.status, unsent.close) == (503, True)
+    assert json.loads(unsent.body)["error"] == {"message": "the proxy is stopping; the request was not sent upstream",
+                                                "type": "proxy_error", "code": "proxy_stopping"}
+    cut_short = json.loads(stopping_reply(UpstreamFailure("stopping", "cut short: the proxy is stopping"), 1).body)
+    assert cut_short["error"]["message"] == "the proxy is stopping; attempt 1 was cut short"
+    busy = stopping_reply(UpstreamFailure("status", "HTTP 429", status=429, body=b'{"error":{}}'), 2)
+    error = json.loads(busy.body)["error"]
+    assert busy.status == 503 and error["code"] == "proxy_stopping" and error["attempts"] == 2
+    assert error["last_failure"] == "HTTP 429" and "no retry after attempt 2 failed: HTTP 429" in error["message"]
+
+
+def test_reply_for_a_stopped_exchange():
+    from dataclasses import replace
+    from retry_shield.replies import reply_for
+    from retry_shield.shield import STOPPED, Exchange
+    outbound = prepare("/responses", "", {"model": "m", "input": "x"}, b'{"model":"m","input":"x"}', [], config())
+    exchange = replace(Exchange.of("POST", "/v1/responses", outbound, 0.0), outcome=STOPPED, status=503)
+    reply = reply_for(exchange, "ids", 0)
+    assert reply.status == 503 and json.loads(reply.body)["error"]["code"] == "proxy_stopping"

@@ -163,3 +163,13 @@ def test_a_name_that_does_not_resolve_is_retried_at_most_twice():
     # The cap counts every attempt of the request: once its host stops resolving after
     # earlier failures of another kind, it gives up as soon as three attempts are made.
     assert rule.next_wait(dns, 4, 0.0) is None
+
+
+def test_a_reset_on_a_kept_alive_connection_is_retried_at_once_within_the_limits():
+    rule = policy(base=4.0, max_retries=2, total=10.0)
+    reused = UpstreamFailure("reset", "connection lost before the answer on a kept-alive connection", reused=True)
+    assert rule.next_wait(reused, 1, 0.0) == 0.0
+    assert rule.next_wait(UpstreamFailure("reset", "connection lost before the answer"), 1, 0.0) == 4.0
+    assert rule.next_wait(UpstreamFailure("timeout", "no answer", reused=True), 1, 0.0) == 4.0  # only a reset
+    assert rule.next_wait(reused, 3, 0.0) is None  # still an attempt: MAX_RETRIES counts it
+    assert rule.next_wait(reused, 1, 10.0) is None  # and TOTAL_TIMEOUT bounds it

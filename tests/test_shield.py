@@ -515,3 +515,96 @@ def test_a_stream_cut_inside_its_terminal_event_is_retried(upstream, make_proxy,
         assert received == upstream.sent[-1]
     else:
         assert json.loads(received)["status"] == "completed"
+
+
+def recorded_exchanges(shield):
+    """Every Exchange the proxy records, as it records it (the summary line is logged from the same record)."""
+    exchanges = []
+    record = shield.server.record
+
+    def keep(exchange):
+        exchanges.append(exchange)
+        record(exchange)
+    shield.server.record = keep
+    return exchanges
+
+
+@pytest.mark.parametrize("resets", [1, 2])
+def test_a_reset_on_a_kept_alive_connection_after_sending_is_a_counted_attempt(upstream, make_proxy, caplog, resets):
+    """The upstream read the request, then reset: it may have billed it, so it is an attempt, logged and counted.
+
+    The first request leaves its connection kept alive; the second goes out on it and is reset,
+    then retried (at once, on a new connection); with two resets, the second one waits the backoff.
+    """
+    caplog.set_level("INFO", logger="retry_shield")
+    upstream.plan(good(text="first"), *([reset()] * resets + [good(text="second")]))
+    shield = make_proxy(upstream)
+    exchanges = recorded_exchanges(shield)
+    assert streamed(shield.port, PROTOCOLS["responses"])[0] == 200
+    kept = upstream.requests[-1].peer
+    status_code, _, body = streamed(shield.port, PROTOCOLS["responses"])
+    assert status_code == 200 and body == body_for(good(text="second"), "responses")
+    posts = upstream.attempts - 1  # the second request's POSTs, as the upstream counted them
+    assert posts == resets + 1
+    assert len(exchanges[-1].attempts) == posts
+    assert [attempt.kind for attempt in exchanges[-1].attempts] == ["reset"] * resets + ["ok"]
+    summaries = [record.getMessage() for record in caplog.records if record.getMessage().startswith("POST ")]
+    assert "attempts=%d " % posts in summaries[-1]
+    failed = [record.getMessage() for record in caplog.records if "failed: connection lost" in record.getMessage()]
+    assert len(failed) == resets and "kept-alive" in failed[0] and "retrying in 0.0 s" in failed[0]
+    peers = [seen.peer for seen in upstream.requests[1:]]
+    assert peers[0] == kept and kept not in peers[1:], "the attempt after the reset must use a new connection"
+
+
+def test_a_kept_connection_found_dead_while_sending_is_not_an_attempt(upstream, make_proxy):
+    """A pooled connection whose send fails never delivered the request whole: it is dropped, and the
+    request goes out on a new connection as attempt 1 (any failed attempt would reach the client here)."""
+    import http.client
+    import socket
+    shield = make_proxy(upstream, MAX_RETRIES="0")
+    dead, peer = socket.socketpair()  # open at the other end, so the pool's check passes; our sending side is shut
+    dead.shutdown(socket.SHUT_WR)
+    conn = http.client.HTTPConnection("127.0.0.1", upstream.port)
+    conn.sock = dead
+    shield.server.upstream.pool.give("127.0.0.1:%d" % upstream.port, conn)
+    exchanges = recorded_exchanges(shield)
+    try:
+        status_code, _, body = streamed(shield.port, PROTOCOLS["responses"])
+        assert status_code == 200 and body == upstream.sent[-1]
+        assert upstream.attempts == 1 and len(exchanges[-1].attempts) == 1
+        assert shield.server.upstream.pool.take("127.0.0.1:%d" % upstream.port) is not conn
+        assert peer.recv(1) == b""  # the dead connection was closed, not kept
+    finally:
+        peer.close()
+
+
+def test_a_request_waiting_to_retry_gets_proxy_stopping_at_once_when_the_proxy_stops(upstream, make_proxy, caplog):
+    caplog.set_level("WARNING", logger="retry_shield")
+    upstream.plan(status(503), good())
+    shield = make_proxy(upstream, RETRY_BASE_DELAY="30", RETRY_MAX_DELAY="30", TOTAL_TIMEOUT="120")
+    result = {}
+    client = threading.Thread(target=lambda: result.update(answer=streamed(shield.port, PROTOCOLS["responses"])))
+    client.start()
+    deadline = time.monotonic() + 10
+    while not any("; retrying in" in record.getMessage() for record in caplog.records):  # the 30 s wait began
+        assert time.monotonic() < deadline, "attempt 1 was not followed by a wait"
+        time.sleep(0.01)
+    started = time.monotonic()
+    shield.server.drain(grace=5.0)
+    client.join(timeout=10)
+    assert time.monotonic() - started < 2.0
+    status_code, headers, body = result["answer"]
+    error = json.loads(body)["error"]
+    assert status_code == 503 and error["code"] == "proxy_stopping" and error["attempts"] == 1
+    assert "HTTP 503" in error["last_failure"] and headers["connection"] == "close"
+    assert upstream.attempts == 1
+
+
+def test_a_request_that_arrives_while_stopping_is_not_sent_upstream(upstream, make_proxy):
+    """A kept-alive client connection can still bring a request after the listener is closed."""
+    shield = make_proxy(upstream)
+    shield.server.stopping.set()
+    status_code, headers, body = streamed(shield.port, PROTOCOLS["chat"])
+    error = json.loads(body)["error"]
+    assert status_code == 503 and error["code"] == "proxy_stopping" and "not sent upstream" in error["message"]
+    assert upstream.requests == [] and headers["connection"] == "close"
