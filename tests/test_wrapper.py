@@ -633,3 +633,33 @@ def test_the_venv_beside_the_script_is_preferred(tmp_path, upstream):
     assert wrapper.run("exec", "x", PORT=str(wrapper.port), PYTHON=sys.executable).returncode == 0
     assert used.read_text() == before
 
+
+# -- README: the wrapper's steps, word for word --------------------------------------------------
+
+def readme_block(after):
+    """The first ```sh block after the text ``after`` in README.md."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as readme:
+        text = readme.read()
+    return re.search(r"```sh\n(.*?)```", text.split(after, 1)[1], re.S).group(1)
+
+
+def test_readme_symlink_steps_work_without_a_local_bin_folder(wrapper):
+    """README's symlink block, run as it stands with a HOME that has no ~/.local/bin and a PATH without it."""
+    block = readme_block("system-wide `chatgpt` command")
+    home = wrapper.tmp / "fresh-home"
+    home.mkdir()
+    env = dict(wrapper.env, HOME=str(home), PATH="/usr/bin:/bin", PYTHON=sys.executable)
+    for run in range(2):  # and again: the steps may be repeated
+        result = subprocess.run(["bash", "-ec", block], cwd=HERE, env=env, capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert os.path.realpath(str(home / ".local" / "bin" / "chatgpt")) == os.path.realpath(WRAPPER)
+        assert wrapper.recorded()["argv"][-3:] == ["exec", "--skip-git-repo-check", "explain this repository"]
+
+
+def test_readme_codex_examples_stay_behind_the_shield_outside_git():
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as readme:
+        text = readme.read()
+    examples = [line for line in text.splitlines() if re.match(r"\s*(\./chatgpt\.sh|chatgpt) exec\b", line)]
+    assert examples and all("--skip-git-repo-check" in line for line in examples), examples
+    assert "chatgpt resume" in text and "codex resume" in text
