@@ -411,7 +411,7 @@ def test_whichever_wrapper_exits_first_the_other_keeps_the_proxy(wrapper, upstre
     reuser_record = wrapper.tmp / "reuser.json"
     reuser = wrapper.start("exec", "b", FAKE_UNTIL=str(done["reuser"]), FAKE_RECORD=str(reuser_record))
     wait_for_file(reuser_record)
-    upstream.plan(good(text="answered while the first one left", delay=1.5))
+    upstream.plan(good(text="answered while the first one left", delay=1.0))
     answers = []
     in_flight = threading.Thread(target=lambda: answers.append(request(wrapper.port)))
     in_flight.start()
@@ -435,7 +435,7 @@ def test_whichever_wrapper_exits_first_the_other_keeps_the_proxy(wrapper, upstre
 def test_wrappers_arriving_and_leaving_at_once_never_lose_the_proxy_under_a_client(wrapper):
     """Arrivals and departures race: every client's request is answered, and the last one out cleans up."""
     wrapper.client.write_text(KEYED_CLIENT.format(python=sys.executable))
-    for round_ in range(3):
+    for round_ in range(2):
         records = [wrapper.tmp / ("round%d-%d.json" % (round_, n)) for n in range(6)]
         processes = [wrapper.start("exec", "x", FAKE_RECORD=str(record)) for record in records]
         for process in processes:
@@ -593,7 +593,7 @@ MARKING_CLIENT = textwrap.dedent("""\
 def test_nothing_but_the_client_writes_to_its_terminal_while_it_runs(wrapper, upstream):
     wrapper.client.write_text(MARKING_CLIENT.format(python=sys.executable))
     upstream.plan(status(429), status(503), good())
-    result = wrapper.run("exec", "x")
+    result = wrapper.run("exec", "x", RETRY_BASE_DELAY="0.05", RETRY_MAX_DELAY="0.1")
     assert result.returncode == 0 and wrapper.recorded()["status"] == 200, result.stderr
     assert result.stderr.split("CLIENT START\n", 1)[1] == "CLIENT END\n" and result.stdout == ""
     assert upstream.attempts == 3 and "429" in wrapper.log.read_text()  # the retries went to the log
