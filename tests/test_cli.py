@@ -31,8 +31,11 @@ def readme_commands():
 
 def test_readme_quick_start_runs_the_proxy(upstream, tmp_path):
     install, run = readme_commands()
-    assert install.startswith("pip install -r requirements.txt") and "cp .env.example .env" in install
-    assert run == "python proxy.py"
+    # A venv beside proxy.py (Debian and Ubuntu refuse pip into the system Python), the requirements
+    # into it, then .env; the proxy run with the venv's Python, which chatgpt.sh also prefers.
+    assert install.startswith("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt")
+    assert "cp .env.example .env" in install
+    assert run == ".venv/bin/python proxy.py"
     for name in ("proxy.py", ".env.example", "requirements.txt"):
         shutil.copy(os.path.join(HERE, name), str(tmp_path / name))
     shutil.copytree(os.path.join(HERE, "retry_shield"), str(tmp_path / "retry_shield"))
@@ -43,6 +46,8 @@ def test_readme_quick_start_runs_the_proxy(upstream, tmp_path):
     env_text = re.sub(r"(?m)^AZURE_ENDPOINT=.*$", "AZURE_ENDPOINT=" + upstream.url + "/v1", example)
     (tmp_path / ".env").write_text(env_text.replace("\nPORT=\n", "\nPORT=%d\n" % port))
     env = {key: value for key, value in os.environ.items() if key not in {s.env for s in SETTINGS}}
+    # The test's own interpreter stands in for .venv/bin/python: it has requirements.txt installed
+    # (creating the venv would need the package index).
     process = subprocess.Popen([sys.executable, "proxy.py"], cwd=str(tmp_path), env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

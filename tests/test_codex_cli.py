@@ -3,11 +3,13 @@
 import os
 import shutil
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
-from tests.fake_upstream import cut, good, status
+from tests.fake_upstream import cut, good, stall, status
 from tests.helpers import free_port, request
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,3 +86,60 @@ def test_codex_through_chatgpt_sh_keeps_the_users_config(codex_run, upstream):
     result, port = codex_run()
     assert_shielded_turn(result, port, upstream)
     assert (codex_run.home / "config.toml").read_bytes() == mine
+
+
+def test_ctrl_c_on_codex_exec_through_chatgpt_sh_ends_with_130(tmp_path, upstream):
+    """A real Ctrl-C (the terminal's) while Codex waits for an answer: exit code 130, nothing left running."""
+    import pty
+    binary = codex_binary()
+    link = tmp_path / "bin" / "chatgpt"
+    link.parent.mkdir()
+    os.symlink(os.path.join(HERE, "chatgpt.sh"), str(link))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    port = free_port()
+    upstream.plan(stall(60))
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port), CODEX_HOME=str(tmp_path / "home"),
+               CLIENT_EXECUTABLE=binary, SHIELD_LOG=str(tmp_path / "proxy.log"), TMPDIR=str(tmp_path))
+    master, slave = pty.openpty()
+    # A session of its own with the pty as its controlling terminal: ^C there is SIGINT to its foreground group.
+    become = "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
+    process = subprocess.Popen([sys.executable, "-c", become, str(link), "exec", "--skip-git-repo-check", *OFFLINE,
+                                "Say something."], cwd=str(workdir), env=env, stdin=slave, stdout=slave,
+                               stderr=slave, start_new_session=True)
+    os.close(slave)
+    output = []
+
+    def read():
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            output.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while upstream.attempts < 1:  # Codex's request reached the upstream through the proxy
+            assert process.poll() is None and time.monotonic() < deadline, b"".join(output)[-3000:]
+            time.sleep(0.05)
+        os.write(master, b"\x03")
+        assert process.wait(timeout=60) == 130, b"".join(output)[-3000:]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 9)
+            process.wait()
+        reader.join(10)
+        os.close(master)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            request(port, "GET", "/health", body=None)
+        except OSError:
+            break
+        assert time.monotonic() < deadline, "the proxy still listens after chatgpt.sh ended"
+        time.sleep(0.05)
