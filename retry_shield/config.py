@@ -1,18 +1,34 @@
-"""Settings: the table of every setting, their parsers, the command line, and load_config."""
+"""Settings: the table of every setting, their parsers, the command line, load_config and its warnings."""
 
 import argparse
 import math
 import os
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from . import __version__
+from .checks import azure_path_warning, misspelled, placeholder_in
 from .errors import ConfigError
 from .routes import SHORT_KEY, is_loopback_host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ENV_FILE = os.path.join(ROOT, ".env")
+# The settings that have a command-line flag of their own.
+FLAGS = {"HOST": "--host", "PORT": "--port"}
+
+
+class EnvFile(NamedTuple):
+    """What was found of the settings file: its path, whether it is there, and the keys python-dotenv read."""
+
+    path: str
+    found: bool
+    keys: Optional[Tuple[str, ...]]  # None: python-dotenv is not installed, so the file was not read
+    given: bool = False  # named by --env-file, not the default beside proxy.py
+
+    @property
+    def label(self) -> str:
+        return self.path if self.given else ".env"
 
 
 @dataclass(frozen=True)
@@ -38,6 +54,8 @@ class Config:
     client_timeout: float = 60.0
     upstream_api: str = "auto"
     env_file: str = DEFAULT_ENV_FILE
+    env_keys: Tuple[str, ...] = ()  # the keys read from env_file
+    from_flags: Tuple[str, ...] = ()  # the settings given as flags (HOST, PORT)
 
     @property
     def max_attempts(self) -> int:
@@ -48,6 +66,10 @@ class Config:
         """The keys that must never be written anywhere."""
         return tuple(key for key in (self.api_key, self.proxy_api_key) if key)
 
+    def named(self, env: str) -> str:
+        """How the user gave setting ``env``: its flag (``--port``) or its name (``PORT``)."""
+        return FLAGS[env] if env in self.from_flags else env
+
 
 class Setting(NamedTuple):
     env: str
@@ -56,7 +78,17 @@ class Setting(NamedTuple):
     help: str
 
 
+def _given(name: str, value: Any, quote: bool = True) -> str:
+    """``PORT='abc'`` for a setting, ``--port 'abc'`` for a flag (without quotes: ``HOST=::``, ``--host ::``)."""
+    return "%s%s%s" % (name, " " if name.startswith("--") else "=", repr(value) if quote else value)
+
+
 def _parse_endpoint(name: str, value: str) -> str:
+    placeholder = placeholder_in(value)
+    if placeholder is not None:
+        raise ConfigError("%s still holds the placeholder %r; put your own endpoint there: your Azure resource's "
+                          "endpoint as the Azure portal shows it, followed by /openai/v1, or your provider's base URL "
+                          "(https://api.openai.com/v1)" % (name, placeholder))
     parts = urllib.parse.urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
         raise ConfigError(
@@ -79,8 +111,8 @@ def _parse_port(name: str, value: str) -> int:
     except ValueError:
         port = -1
     if not 0 <= port <= 65535:
-        raise ConfigError("%s=%r is not a port; use a whole number from 1 to 65535 (0 picks a free one)"
-                          % (name, value))
+        raise ConfigError("%s is not a port; use a whole number from 1 to 65535 (0 picks a free one)"
+                          % _given(name, value))
     return port
 
 
@@ -186,29 +218,58 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(argv: List[str], environ: Mapping[str, str]) -> Config:
-    """Build the Config from command-line flags over ``environ``; raise ConfigError on bad input."""
+def load_config(argv: List[str], environ: Mapping[str, str], env_file: Optional[EnvFile] = None) -> Config:
+    """Build the Config from command-line flags over ``environ``; raise ConfigError on bad input.
+
+    ``env_file`` says what main found of the settings file (None: not looked for): its
+    misspelled keys, its absence, or python-dotenv's, then explain a missing setting.
+    """
     args = build_arg_parser().parse_args(argv)
+    try:
+        return _load(args, environ, env_file)
+    except ConfigError as exc:
+        if env_file is None or not env_file.found or env_file.keys is not None:
+            raise
+        # Whatever went wrong, the settings file that was not read may be why: say that first.
+        raise ConfigError("python-dotenv is not installed, so .env (%s) was not read: pip install -r "
+                          "requirements.txt; from the environment alone, %s"
+                          % (env_file.path, str(exc).split(";")[0])) from None
+
+
+def _load(args: argparse.Namespace, environ: Mapping[str, str], env_file: Optional[EnvFile]) -> Config:
     values: Dict[str, Any] = {}
     flags = {"HOST": args.host, "PORT": args.port}
     for setting in SETTINGS:
-        raw = flags.get(setting.env)
+        name, raw = FLAGS.get(setting.env, ""), flags.get(setting.env)
         if raw is None:
-            raw = environ.get(setting.env, "")
+            name, raw = setting.env, environ.get(setting.env, "")
         raw = raw.strip()
         if raw:
-            values[setting.field] = setting.parse(setting.env, raw)
+            values[setting.field] = setting.parse(name, raw)
+    fields = {setting.env: setting.field for setting in SETTINGS}
+    file_keys = (env_file.keys or ()) if env_file is not None else ()
+    for key, meant in misspelled(file_keys, list(fields)):
+        if fields[meant] not in values:
+            raise ConfigError("%s in %s is not a setting; did you mean %s?" % (key, env_file.label, meant))
     if "endpoint" not in values:
+        if env_file is not None and not env_file.found:
+            raise ConfigError("AZURE_ENDPOINT is not set, and there is no .env at %s; copy .env.example there and "
+                              "set AZURE_ENDPOINT in it, or set AZURE_ENDPOINT in the environment" % env_file.path)
         raise ConfigError("AZURE_ENDPOINT is not set; put AZURE_ENDPOINT=https://NAME.openai.azure.com/openai/v1 "
-                          "in .env (see .env.example) or the environment")
+                          "(NAME: your Azure resource) or your provider's base URL in .env (see .env.example) or "
+                          "the environment")
     if args.debug:
         values["log_level"] = "DEBUG"
-    if args.env_file:
+    if env_file is not None:
+        values.update(env_file=env_file.path if env_file.given else DEFAULT_ENV_FILE, env_keys=file_keys)
+    elif args.env_file:
         values["env_file"] = args.env_file
-    config = Config(**values)
+    config = Config(from_flags=tuple(env for env, flag in flags.items() if flag is not None), **values)
     if not is_loopback_host(config.host) and not config.proxy_api_key:
-        raise ConfigError("HOST=%s is reachable from other machines, which could then spend your API key; "
-                          "set PROXY_API_KEY to a secret clients must send, or use HOST=127.0.0.1" % config.host)
+        host = config.named("HOST")
+        raise ConfigError("%s is reachable from other machines, which could then spend your API key; set "
+                          "PROXY_API_KEY to a secret clients must send, or use %s"
+                          % (_given(host, config.host, quote=False), _given(host, "127.0.0.1", quote=False)))
     if config.upstream_api == "chat" and urllib.parse.urlsplit(config.endpoint).path.rstrip("/").endswith("/responses"):
         raise ConfigError("AZURE_ENDPOINT ends in /responses but UPSTREAM_API=chat; give the endpoint's "
                           "/chat/completions URL or its base URL, or set UPSTREAM_API=auto")
@@ -225,4 +286,12 @@ def config_warnings(config: Config) -> List[str]:
         if key and len(key) < SHORT_KEY:
             warnings.append("%s is only %d characters long; check that it is the real key (a key this short "
                             "is easy to guess)" % (name, len(key)))
+    label = ".env" if config.env_file == DEFAULT_ENV_FILE else config.env_file
+    for key, meant in misspelled(config.env_keys, [setting.env for setting in SETTINGS]):
+        # load_config refused the ones whose setting is missing: the setting is set, this key ignored
+        warnings.append("%s in %s is not a setting; did you mean %s? (%s is set, so %s is ignored)"
+                        % (key, label, meant, meant, key))
+    path_warning = azure_path_warning(config.endpoint)
+    if path_warning:
+        warnings.append(path_warning)
     return warnings

@@ -24,7 +24,7 @@ class ClientGone(Exception):
 class UpstreamFailure(Exception):
     """One upstream attempt went wrong.
 
-    ``kind`` names what happened (connect, reset, timeout, status, cut, unterminated,
+    ``kind`` names what happened (dns, connect, reset, timeout, status, cut, unterminated,
     stream_error, json_error, too_large, tls); ``retryable`` says whether another attempt
     may succeed; ``status``, ``headers`` and ``body`` keep what the upstream said.
     """

@@ -9,7 +9,7 @@ import threading
 from typing import List, Optional, Tuple
 
 from . import __version__
-from .config import DEFAULT_ENV_FILE, Config, build_arg_parser, config_warnings, load_config
+from .config import DEFAULT_ENV_FILE, Config, EnvFile, build_arg_parser, config_warnings, load_config
 from .errors import ConfigError
 from .routes import is_loopback_host, mask_secrets, operation_url_protocol, redact_url
 from .server import ShieldServer
@@ -35,20 +35,34 @@ class SecretFilter(logging.Filter):
         return True
 
 
-def load_env_file(argv: List[str]) -> Optional[str]:
-    """Load .env (or --env-file) into os.environ without overriding it; return a warning or None."""
+def load_env_file(argv: List[str]) -> EnvFile:
+    """Load .env (or --env-file) into os.environ without overriding it; say what was found.
+
+    Its keys are read by python-dotenv too (``dotenv_values``), so that load_config can
+    name the misspelled ones; without python-dotenv nothing is read (``keys`` None).
+    """
     args, _ = build_arg_parser().parse_known_args(argv)
     path = args.env_file or DEFAULT_ENV_FILE
     if args.env_file and not os.path.exists(path):
         raise ConfigError("--env-file %s does not exist; give the path of your .env file" % path)
+    found = os.path.exists(path)
     try:
-        from dotenv import load_dotenv
+        from dotenv import dotenv_values, load_dotenv
     except ImportError:
-        return ("python-dotenv is not installed, so %s is not read; settings come from the environment "
-                "only (install it: pip install -r requirements.txt)" % path)
+        return EnvFile(path, found, None, bool(args.env_file))
+    keys: Tuple[str, ...] = ()
     if os.path.isfile(path):
         load_dotenv(path, override=False)
-    return None
+        keys = tuple(dotenv_values(path, interpolate=False))
+    return EnvFile(path, found, keys, bool(args.env_file))
+
+
+def env_file_warning(env_file: EnvFile) -> Optional[str]:
+    """The warning when python-dotenv is missing, so the settings file is not read."""
+    if env_file.keys is not None:
+        return None
+    return ("python-dotenv is not installed, so %s is not read; settings come from the environment "
+            "only (install it: pip install -r requirements.txt)" % env_file.path)
 
 
 def _banner(config: Config, server: ShieldServer) -> None:
@@ -91,22 +105,25 @@ def _listen(config: Config) -> ShieldServer:
     try:
         return ShieldServer(config)
     except OSError as exc:
+        port, host = config.named("PORT"), config.named("HOST")
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError("port %d on %s is already in use; stop the other program or set PORT to a free port"
-                              % (config.port, config.host)) from None
-        raise ConfigError("cannot listen on %s:%d: %s; check HOST and PORT"
-                          % (config.host, config.port, exc.strerror or exc)) from None
+            raise ConfigError("port %d on %s is already in use; stop the other program or %s" % (
+                config.port, config.host, "give --port a free port" if port == "--port" else
+                "set PORT to a free port")) from None
+        raise ConfigError("cannot listen on %s:%d: %s; check %s and %s"
+                          % (config.host, config.port, exc.strerror or exc, host, port)) from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        warning = load_env_file(argv)
-        config = load_config(argv, os.environ)
+        env_file = load_env_file(argv)
+        config = load_config(argv, os.environ, env_file)
     except ConfigError as exc:
         sys.stderr.write("proxy.py: error: %s\n" % exc)
         return 2
     _configure_logging(config)
+    warning = env_file_warning(env_file)
     for message in ([warning] if warning else []) + config_warnings(config):
         logger.warning("%s", message)
     try:

@@ -15,6 +15,9 @@ HINT_IN_MESSAGE = re.compile(
     re.IGNORECASE,
 )
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+# Failure kinds retried fewer times than MAX_RETRIES says: a name that does not resolve is almost
+# always a mistake in AZURE_ENDPOINT, and minutes of retries would only hide it.
+RETRIES_BY_KIND = {"dns": 2}
 
 
 def parse_duration(text: str) -> Optional[float]:
@@ -86,14 +89,19 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.base_delay * 2 ** min(retry_number, 32))
         return ceiling * (0.75 + 0.25 * self.random())
 
+    def max_attempts_for(self, failure: UpstreamFailure) -> int:
+        """Attempts a request may make when its last one failed as ``failure`` did."""
+        return min(self.max_retries, RETRIES_BY_KIND.get(failure.kind, self.max_retries)) + 1
+
     def next_wait(self, failure: UpstreamFailure, attempts_made: int, elapsed: float) -> Optional[float]:
         """Seconds to wait before the next attempt, or None to give up.
 
         ``attempts_made`` counts attempts so far (1 after the first); ``elapsed`` is the
         time since the request arrived. An upstream hint (Retry-After and friends)
-        wins over the backoff, but never stretches the request past total_timeout.
+        wins over the backoff, but never stretches the request past total_timeout. Some
+        kinds have fewer retries (RETRIES_BY_KIND), counted over all the request's attempts.
         """
-        if not failure.retryable or attempts_made > self.max_retries:
+        if not failure.retryable or attempts_made >= self.max_attempts_for(failure):
             return None
         hint = failure.wait if failure.wait is not None else retry_hint(failure.headers, failure.message)
         wait = hint if hint is not None else self.backoff(attempts_made - 1)

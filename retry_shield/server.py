@@ -22,7 +22,7 @@ from .quirks import Quirks
 from .replies import Reply, answer_reply, error_reply
 from .retry import RetryPolicy
 from .routes import Access, check_access, upstream_url
-from .shield import GAVE_UP, SUMMARY, Exchange, run, summary, upstream_attempts, waiter
+from .shield import GAVE_UP, SUMMARY, Exchange, credentials_warning, run, summary, upstream_attempts, waiter
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             self._counters["gave_up"] += exchange.outcome == GAVE_UP
             self._apis[exchange.client_protocol + "->" + exchange.upstream_protocol] += 1
         logger.info(SUMMARY, *summary(exchange))
+        refused = credentials_warning(exchange, self.config)
+        if refused:
+            logger.warning("%s", refused)
 
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:

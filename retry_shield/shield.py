@@ -103,12 +103,13 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
         except UpstreamFailure as failure:
             attempts.append(AttemptRecord(number, failure.kind, failure.status, failure.detail, clock() - began))
             seconds = None if stopping() else policy.next_wait(failure, number, clock() - exchange.started)
+            allowed = max(number, policy.max_attempts_for(failure))  # fewer for some kinds (a name not found)
             if seconds is None:
-                logger.warning("attempt %d/%d failed: %s; giving up", number, policy.max_retries + 1, failure.detail)
+                logger.warning("attempt %d/%d failed: %s; giving up", number, allowed, failure.detail)
                 return _ended(exchange, clock, attempts, retries, waited, GAVE_UP, failure=failure,
                               size=len(failure.body) if failure.kind == "status" else 0)
-            logger.warning("attempt %d/%d failed: %s; retrying in %.1f s", number, policy.max_retries + 1,
-                           failure.detail, seconds)
+            logger.warning("attempt %d/%d failed: %s; retrying in %.1f s", number, allowed, failure.detail,
+                           seconds)
             retries += 1
             wait_began = clock()
             ended = wait(seconds)
@@ -194,3 +195,18 @@ def summary(exchange: Exchange) -> Tuple[Any, ...]:
     return (exchange.method, exchange.path, exchange.status, len(exchange.attempts), exchange.bytes,
             exchange.seconds, exchange.model_sent, exchange.client_protocol, exchange.upstream_protocol, tokens,
             (" (%s)" % note) if note else "")
+
+
+def credentials_warning(exchange: Exchange, config: Any) -> Optional[str]:
+    """The WARNING line when the upstream refused the credentials (401, 403): the setting is named, never a key."""
+    last = exchange.attempts[-1] if exchange.attempts else None
+    if last is None or last.kind != "ok" or last.status not in (401, 403):
+        return None
+    refused = "the upstream refused the credentials (HTTP %d)" % last.status
+    if config.api_key:
+        return refused + "; check AZURE_API_KEY"
+    if config.proxy_api_key:
+        return (refused + ": AZURE_API_KEY is empty, and the client's key is PROXY_API_KEY, which is not forwarded, "
+                "so no key was sent; set AZURE_API_KEY to the upstream's key")
+    return (refused + ": AZURE_API_KEY is empty, so the client's own key was forwarded; set AZURE_API_KEY to the "
+            "upstream's key")

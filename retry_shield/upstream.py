@@ -144,6 +144,10 @@ def _connect(conn: http.client.HTTPConnection, connect_timeout: float) -> None:
             raise UpstreamFailure("connect", "TLS handshake failed: %s" % (exc.reason or exc,)) from None
         raise UpstreamFailure("tls", "the upstream does not speak TLS (%s); use http:// in "
                               "AZURE_ENDPOINT for a plain HTTP upstream" % exc.reason, retryable=False) from None
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:  # the resolver did not answer (offline, for one): the network's
+            raise UpstreamFailure("connect", "cannot resolve %s for now (%s)" % (conn.host, exc.strerror)) from None
+        raise UpstreamFailure("dns", "cannot resolve %s; check AZURE_ENDPOINT" % conn.host) from None
     except OSError as exc:
         raise UpstreamFailure("connect", "cannot connect: %s" % (exc.strerror or exc,)) from None
 

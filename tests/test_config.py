@@ -113,8 +113,9 @@ def test_precedence_env_file_then_environment_then_flags(environ, tmp_path):
                         "FORCED_MODEL=from-file\n")
     environ.update({"PORT": "2222", "FORCED_MODEL": "from-environment"})
     argv = ["--env-file", str(env_file), "--port", "3333"]
-    assert load_env_file(argv) is None
-    config = load_config(argv, os.environ)
+    found = load_env_file(argv)
+    assert found.found and found.keys == ("AZURE_ENDPOINT", "PORT", "HOST", "MAX_RETRIES", "FORCED_MODEL")
+    config = load_config(argv, os.environ, found)
     assert (config.endpoint, config.max_retries, config.host) == ("http://file.test/v1", 3, "127.0.0.3")  # file
     assert config.forced_model == "from-environment"  # environment over file
     assert config.port == 3333  # flag over environment and file

@@ -148,3 +148,18 @@ def test_policy_from_config():
     assert (rule.max_retries, rule.base_delay, rule.max_delay, rule.total_timeout) == (2, 0.25, 0.5, 3.0)
     assert rule.next_wait(failure(), 3, 0.0) is None
     assert 0.375 <= rule.next_wait(failure(), 2, 0.0) <= 0.5
+
+
+def test_a_name_that_does_not_resolve_is_retried_at_most_twice():
+    """A DNS failure is almost always configuration: 3 attempts at most, whatever MAX_RETRIES says."""
+    rule = policy(max_retries=8, base=0.01, cap=0.01)
+    dns = failure(kind="dns")
+    assert [rule.next_wait(dns, attempts, 0.0) is not None for attempts in (1, 2, 3)] == [True, True, False]
+    assert rule.max_attempts_for(dns) == 3
+    assert rule.max_attempts_for(failure()) == 9  # every other kind: MAX_RETRIES as set
+    assert rule.next_wait(failure(), 3, 0.0) is not None
+    fewer = policy(max_retries=1, base=0.01, cap=0.01)  # a lower MAX_RETRIES still wins
+    assert fewer.next_wait(dns, 2, 0.0) is None and fewer.max_attempts_for(dns) == 2
+    # The cap counts every attempt of the request: once its host stops resolving after
+    # earlier failures of another kind, it gives up as soon as three attempts are made.
+    assert rule.next_wait(dns, 4, 0.0) is None
