@@ -10,6 +10,7 @@ from .chat_request import ChatPlan
 from .responses_answer import chat_chunks, chat_completion, failed_error, responses_answer
 from .responses_request import ResponsesPlan
 from .errors import ClientError, UpstreamFailure
+from .sse import StreamVerdict
 from .http1 import header, passed_headers
 from .upstream import UpstreamAnswer
 
@@ -190,6 +191,13 @@ def chat_reply(answer: UpstreamAnswer, wants_stream: bool, plan: ResponsesPlan, 
         response = json.loads(bytes(answer.body))
     else:
         response = responses_answer(answer.body, answer.verdict.terminal)
+        if answer.verdict.outcome == StreamVerdict.FAILED and response.get("status") != "failed":
+            # Judged by a final error event, which a later terminal event does not undo (a Responses client
+            # gets that error too). Its flat form's "type" is the event's name, not an error type.
+            judged = dict(answer.verdict.error or {})
+            if judged.get("type") == "error":
+                judged["type"] = None
+            response = {"status": "failed", "error": judged}
     headers = [pair for pair in passed_headers(answer.headers) if pair[0].lower() != "cache-control"]
     error = failed_error(response)
     if error is not None and not wants_stream:
