@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tup
 from . import __version__
 from .checks import azure_path_warning, misspelled, placeholder_in
 from .errors import ConfigError
-from .routes import SHORT_KEY, is_loopback_host
+from .routes import OPERATION_NAMES, SHORT_KEY, is_loopback_host, operation_url_protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ENV_FILE = os.path.join(ROOT, ".env")
@@ -142,12 +142,9 @@ def _parse_origins(name: str, value: str) -> Tuple[str, ...]:
 
 def _parse_upstream_api(name: str, value: str) -> str:
     api = value.lower()
-    if api == "responses":
-        raise ConfigError("%s=responses (Chat Completions clients on a Responses-only upstream) is not available "
-                          "yet; use auto or chat" % name)
-    if api not in ("auto", "chat"):
-        raise ConfigError("%s=%r is not an API; use auto (the URL decides) or chat (the upstream speaks only "
-                          "Chat Completions)" % (name, value))
+    if api not in ("auto", "chat", "responses"):
+        raise ConfigError("%s=%r is not an API; use auto (the URL decides), chat (the upstream speaks only "
+                          "Chat Completions) or responses (it speaks only the Responses API)" % (name, value))
     return api
 
 
@@ -188,8 +185,8 @@ SETTINGS = (
     Setting("CLIENT_TIMEOUT", "client_timeout", _number_parser(float, 0.0, strict=True),
             "seconds a client may take to send its request; idle connections close after it"),
     Setting("UPSTREAM_API", "upstream_api", _parse_upstream_api,
-            "auto (a full operation URL decides, else the client's own API) or chat (the upstream speaks "
-            "only Chat Completions: Responses requests are translated)"),
+            "auto (a full operation URL decides, else the client's own API), chat (the upstream speaks only "
+            "Chat Completions: Responses requests are translated) or responses (the reverse)"),
 )
 
 
@@ -270,9 +267,11 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str], env_file: Option
         raise ConfigError("%s is reachable from other machines, which could then spend your API key; set "
                           "PROXY_API_KEY to a secret clients must send, or use %s"
                           % (_given(host, config.host, quote=False), _given(host, "127.0.0.1", quote=False)))
-    if config.upstream_api == "chat" and urllib.parse.urlsplit(config.endpoint).path.rstrip("/").endswith("/responses"):
-        raise ConfigError("AZURE_ENDPOINT ends in /responses but UPSTREAM_API=chat; give the endpoint's "
-                          "/chat/completions URL or its base URL, or set UPSTREAM_API=auto")
+    named = operation_url_protocol(config.endpoint)
+    if config.upstream_api != "auto" and named not in (None, config.upstream_api):
+        raise ConfigError("AZURE_ENDPOINT is a %s URL but UPSTREAM_API=%s; give the endpoint's base URL or its "
+                          "%s URL, or set UPSTREAM_API=auto" % (OPERATION_NAMES[named], config.upstream_api,
+                                                                OPERATION_NAMES[config.upstream_api]))
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("RETRY_MAX_DELAY=%s is below RETRY_BASE_DELAY=%s; raise RETRY_MAX_DELAY"
                           % (config.retry_max_delay, config.retry_base_delay))

@@ -92,7 +92,8 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             with exchange.answer or contextlib.nullcontext():
-                reply = reply_for(exchange, uuid.uuid4().hex, int(time.time()))
+                ids = uuid.uuid4().hex if exchange.plan is not None else ""  # a translation's ids
+                reply = reply_for(exchange, ids, int(time.time()))
                 self.server.record(replace(exchange, status=reply.status))
                 self._send(reply)
 

@@ -147,8 +147,8 @@ def _api_line(config: Config) -> str:
     named = operation_url_protocol(config.endpoint)
     if config.upstream_api == "chat" or named == "chat":
         return "%s: Chat Completions (responses->chat translated, chat->chat as is)" % config.upstream_api
-    if named == "responses":
-        return "auto: the Responses API, named by the URL (responses->responses)"
+    if config.upstream_api == "responses" or named == "responses":
+        return "%s: the Responses API (chat->responses translated, responses->responses as is)" % config.upstream_api
     return "auto: each client's own (responses->responses, chat->chat)"
 
 

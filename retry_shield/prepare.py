@@ -2,18 +2,18 @@
 
 import json
 import re
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, NamedTuple, Sequence, Tuple, Union
 
 from .chat_request import ChatPlan, to_chat
+from .responses_request import ResponsesPlan, to_responses
 from .errors import ClientError
 from .http1 import upstream_headers
 from .replies import json_body
-from .routes import upstream_protocol, upstream_url
+from .routes import OPERATION_NAMES, upstream_protocol, upstream_url
 
 # A \u escape of an ASCII letter: a key written as "mod\u0065l" is "model" all the same.
 ESCAPED_LETTER = re.compile(rb"\\u00(?:[46][1-9A-Fa-f]|[57][0-9Aa])")
 PROTOCOL_OF = {"/responses": "responses", "/chat/completions": "chat"}
-OPERATION_OF = {"responses": "/responses", "chat": "/chat/completions"}
 
 
 class Outbound(NamedTuple):
@@ -29,7 +29,7 @@ class Outbound(NamedTuple):
     model_sent: str
     wants_stream: bool
     guessed: bool = False  # the upstream protocol is the client's own on a base URL: its answer may refute it
-    plan: Optional[ChatPlan] = None  # set when a Responses request was translated to Chat Completions
+    plan: Union[None, ChatPlan, ResponsesPlan] = None  # set when the request was translated
 
 
 def parse_request(raw: bytes) -> Dict[str, Any]:
@@ -55,18 +55,14 @@ def says_stream_once(raw: bytes) -> bool:
 def prepare(operation: str, query: str, request: Dict[str, Any], raw: bytes,
             client_headers: Sequence[Tuple[str, str]], config: Any) -> Outbound:
     """The upstream request for a client's: always streamed, with FORCED_MODEL, in the upstream's
-    protocol (a Responses request translated for a Chat Completions upstream), to the mapped URL."""
+    protocol (translated when the two differ), to the mapped URL."""
     client_protocol = PROTOCOL_OF[operation]
     protocol, guessed = upstream_protocol(client_protocol, config.endpoint, config.upstream_api)
     wants_stream = request.get("stream") is True
     model_asked = str(request.get("model", "-"))
     plan = None
     if client_protocol != protocol:
-        if protocol != "chat":
-            raise ClientError(400, "AZURE_ENDPOINT is a Responses API URL; Chat Completions requests cannot be "
-                              "sent there yet: use the endpoint's base URL or its /chat/completions URL",
-                              "unsupported_upstream_api")
-        translated, plan = to_chat(request)
+        translated, plan = (to_chat if protocol == "chat" else to_responses)(request)
         if config.forced_model:
             translated["model"] = config.forced_model
         body = json_body(translated)
@@ -83,7 +79,7 @@ def prepare(operation: str, query: str, request: Dict[str, Any], raw: bytes,
         operation=operation,
         client_protocol=client_protocol,
         upstream_protocol=protocol,
-        url=upstream_url(config.endpoint, OPERATION_OF[protocol], query),
+        url=upstream_url(config.endpoint, OPERATION_NAMES[protocol], query),
         body=body,
         headers=upstream_headers(client_headers, config.api_key, drop_credentials=bool(config.proxy_api_key)),
         model_asked=model_asked,

@@ -7,7 +7,10 @@ from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 from .aggregate import stream_as_json
 from .chat_answer import chat_to_response, response_events
 from .chat_request import ChatPlan
+from .responses_answer import chat_chunks, chat_completion, failed_error, responses_answer
+from .responses_request import ResponsesPlan
 from .errors import ClientError, UpstreamFailure
+from .sse import StreamVerdict
 from .http1 import header, passed_headers
 from .upstream import UpstreamAnswer
 
@@ -145,8 +148,7 @@ def wrong_api_reply(answer: UpstreamAnswer, outbound_protocol: str) -> Reply:
     """A 404 from a base URL asked in the client's own protocol: most likely the upstream speaks the other."""
     path = "/responses" if outbound_protocol == "responses" else "/chat/completions"
     hint = ("it may speak only Chat Completions: set UPSTREAM_API=chat" if outbound_protocol == "responses"
-            else "it may speak only the Responses API, which Chat Completions clients cannot use through this "
-                 "proxy yet (UPSTREAM_API=responses is not available)")
+            else "it may speak only the Responses API: set UPSTREAM_API=responses")
     return error_reply(502, "the upstream has no %s (HTTP %d); %s" % (path, answer.status, hint), "wrong_upstream_api",
                        kind="proxy_error")
 
@@ -188,6 +190,47 @@ def reply_for(exchange: Any, ids: str, created_at: int) -> Reply:
         return give_up_reply(exchange.failure, len(exchange.attempts))
     if answer.status == 404 and exchange.guessed and says_no_such_path(answer.body):
         return wrong_api_reply(answer, exchange.upstream_protocol)
-    if exchange.plan is not None:
+    if exchange.plan is None:
+        return answer_reply(answer, exchange.client_streamed)
+    if exchange.client_protocol == "responses":
         return translated_reply(answer, exchange.client_streamed, exchange.plan, ids, created_at)
-    return answer_reply(answer, exchange.client_streamed)
+    return chat_reply(answer, exchange.client_streamed, exchange.plan, ids, created_at)
+
+
+def chat_reply(answer: UpstreamAnswer, wants_stream: bool, plan: ResponsesPlan, ids: str, created_at: int) -> Reply:
+    """The reply for a Responses answer to a Chat Completions client: its chunk stream or chat.completion.
+
+    A final failure is a chat-shaped error: inside a 200 stream for a streaming client, as chat
+    servers send it, else with 400 (429 for insufficient_quota), as today.
+    """
+    if answer.verdict is None:
+        if answer.status != 200 or not _is_response(answer.body):
+            return answer_reply(answer, wants_stream)  # an error: the same shape in both APIs
+        response = json.loads(bytes(answer.body))
+    else:
+        response = responses_answer(answer.body, answer.verdict.terminal)
+        if answer.verdict.outcome == StreamVerdict.FAILED and response.get("status") != "failed":
+            # Judged by a final error event, which a later terminal event does not undo (a Responses client
+            # gets that error too). Its flat form's "type" is the event's name, not an error type.
+            judged = dict(answer.verdict.error or {})
+            if judged.get("type") == "error":
+                judged["type"] = None
+            response = {"status": "failed", "error": judged}
+    headers = [pair for pair in passed_headers(answer.headers) if pair[0].lower() != "cache-control"]
+    error = failed_error(response)
+    if error is not None and not wants_stream:
+        code = (error.get("error") or {}).get("code")
+        return Reply(429 if code == "insufficient_quota" else 400, JSON, json_body(error), headers)
+    if not wants_stream:
+        return Reply(200, JSON, json_body(chat_completion(response, plan, ids, created_at)), headers)
+    body = b"data: " + json_body(error) + b"\n\n" if error is not None else chat_chunks(response, plan, ids, created_at)
+    return Reply(200, EVENT_STREAM, body, headers + [("Cache-Control", "no-cache")])
+
+
+def _is_response(body: Union[bytes, memoryview]) -> bool:
+    """Whether a 200 JSON body is a Responses ``response`` object (an upstream that did not stream)."""
+    try:
+        value = json.loads(bytes(body))
+    except ValueError:
+        return False
+    return isinstance(value, dict) and value.get("object") == "response"

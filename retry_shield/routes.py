@@ -10,6 +10,7 @@ from typing import Mapping, NamedTuple, Optional, Pattern, Sequence, Tuple
 from .replies import Reply, error_reply
 
 OPERATIONS = ("/responses", "/chat/completions")
+OPERATION_NAMES = {"responses": "/responses", "chat": "/chat/completions"}
 # A key shorter than this is most likely a placeholder or a typo, and is masked only as a whole value.
 SHORT_KEY = 8
 
@@ -99,11 +100,11 @@ def operation_url_protocol(endpoint: str) -> Optional[str]:
 def upstream_protocol(client_protocol: str, endpoint: str, upstream_api: str) -> Tuple[str, bool]:
     """The protocol to speak upstream, and whether it is only a guess (the client's own, on a base URL).
 
-    UPSTREAM_API=chat says it; with auto, a full operation URL says it; a base URL is
+    UPSTREAM_API=chat or responses says it; with auto, a full operation URL says it; a base URL is
     asked in the client's own protocol, which is the guess an upstream's answer can refute.
     """
-    if upstream_api == "chat":
-        return "chat", False
+    if upstream_api in ("chat", "responses"):
+        return upstream_api, False
     named = operation_url_protocol(endpoint)
     if named is not None:
         return named, False

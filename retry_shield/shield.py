@@ -5,9 +5,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, NamedTuple, Optional, Tuple
+from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
 
 from .chat_request import ChatPlan
+from .responses_request import ResponsesPlan
 from .errors import ClientGone, UpstreamFailure
 from .prepare import Outbound
 from .quirks import Quirks, refused_parameter, without
@@ -61,7 +62,7 @@ class Exchange:
     client_streamed: bool
     started: float  # time.monotonic() when the request arrived
     guessed: bool = False  # the upstream protocol was the client's own on a base URL, not known
-    plan: Optional[ChatPlan] = field(default=None, compare=False, repr=False)  # a translated request's
+    plan: Union[None, ChatPlan, ResponsesPlan] = field(default=None, compare=False, repr=False)  # a translation's
     attempts: Tuple[AttemptRecord, ...] = ()
     retries: int = 0  # waits begun before another attempt
     waited: float = 0.0  # seconds spent in those waits

@@ -26,7 +26,7 @@ WRONG_API = {
     "responses": "the upstream answered a Responses request with a Chat Completions stream: it speaks only "
                  "Chat Completions; set UPSTREAM_API=chat",
     "chat": "the upstream answered a Chat Completions request with a Responses stream: it speaks only the "
-            "Responses API, which Chat Completions clients cannot use through this proxy yet",
+            "Responses API; set UPSTREAM_API=responses",
 }
 NOT_TLS = frozenset(("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG"))
 STOPPING = "the proxy is stopping"

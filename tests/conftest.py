@@ -27,6 +27,13 @@ def chat_upstream():
 
 
 @pytest.fixture
+def responses_upstream():
+    """A scripted upstream that speaks the Responses API only: POST /chat/completions gets a 404, as from real ones."""
+    with FakeUpstream(speaks=("responses",)) as fake:
+        yield fake
+
+
+@pytest.fixture
 def upstream():
     with FakeUpstream() as fake:
         yield fake

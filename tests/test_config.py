@@ -146,9 +146,10 @@ BAD = [
     ({"HOST": "0.0.0.0"}, "PROXY_API_KEY"),
     ({"ALLOWED_ORIGINS": "*"}, "ALLOWED_ORIGINS"),
     ({"UPSTREAM_API": "completions"}, "UPSTREAM_API='completions' is not an API; use auto"),
-    ({"UPSTREAM_API": "responses"}, "UPSTREAM_API=responses (Chat Completions clients on a Responses-only upstream)"),
     ({"UPSTREAM_API": "chat", "AZURE_ENDPOINT": "http://h/openai/deployments/d/responses"},
-     "AZURE_ENDPOINT ends in /responses but UPSTREAM_API=chat"),
+     "AZURE_ENDPOINT is a /responses URL but UPSTREAM_API=chat"),
+    ({"UPSTREAM_API": "responses", "AZURE_ENDPOINT": "http://h/openai/deployments/d/chat/completions"},
+     "AZURE_ENDPOINT is a /chat/completions URL but UPSTREAM_API=responses"),
 ]
 
 
