@@ -19,6 +19,7 @@ PROVIDER_ID="retry_shield"  # Codex refuses the reserved ids openai, ollama, lms
 KEY_VARIABLE="RETRY_SHIELD_API_KEY"
 
 PYTHON="${PYTHON:-}"  # chosen in main: PYTHON, else .venv/bin/python3 beside this script, else python3
+PYTHON_PATH=""        # that interpreter's own path, as it reports it
 port=""
 proxy_pid=""    # the proxy this script started (its child)
 proxy_ready=""  # 1 once that proxy answered and was recorded for the other leasers
@@ -43,7 +44,9 @@ script_dir() {
   cd -P "$(dirname "$source")" && pwd
 }
 
-# Prints, each ended by a NUL: 1 or 0 (whether python-dotenv is there), then each setting
+# Prints, each ended by a NUL: the interpreter's own path (sys.executable: a venv's python3, or
+# the real one behind a pyenv shim, which then costs no more start-ups), 1 or 0 (whether
+# python-dotenv is there), then each setting
 # named as proxy.py will see it: from the environment, else from .env, read by python-dotenv
 # just as proxy.py reads it (load_dotenv without override), stripped; empty when unset. For a
 # name given as ?NAME, only 1 or 0: whether it is set (so that a secret never reaches this
@@ -58,7 +61,7 @@ except ImportError:
     load_dotenv = None
 if load_dotenv is not None and os.path.isfile(path):
     load_dotenv(path, override=False)
-fields = ["1" if load_dotenv is not None else "0"]
+fields = [sys.executable, "1" if load_dotenv is not None else "0"]
 for name in names:
     value = os.environ.get(name.lstrip("?"), "").strip()
     fields.append(("1" if value else "0") if name.startswith("?") else value)
@@ -69,14 +72,15 @@ sys.stdout.write("".join(field + "\0" for field in fields))
 # (1 when AZURE_API_KEY is set), never with a .env parser of its own, so that the wrapper and the
 # proxy cannot disagree.
 read_settings() {
-  local have_dotenv=""
+  local interpreter="" have_dotenv=""
   {
-    IFS= read -r -d '' have_dotenv && IFS= read -r -d '' port_setting && IFS= read -r -d '' key_setting &&
-      IFS= read -r -d '' upstream_key_set
+    IFS= read -r -d '' interpreter && IFS= read -r -d '' have_dotenv && IFS= read -r -d '' port_setting &&
+      IFS= read -r -d '' key_setting && IFS= read -r -d '' upstream_key_set
   } < <(cd "$HERE" && "$PYTHON" -c "$SETTINGS_READER" "$ENV_FILE" PORT PROXY_API_KEY '?AZURE_API_KEY') || {
     say "could not read the settings from the environment and $ENV_FILE (see the error above)"
     exit 1
   }
+  if [ -x "$interpreter" ]; then PYTHON_PATH="$interpreter"; else PYTHON_PATH="$PYTHON"; fi
   if [ "$have_dotenv" != 1 ] && [ -f "$ENV_FILE" ]; then
     say "python-dotenv is not installed for $PYTHON, so neither this script nor the proxy reads" \
       "$ENV_FILE; settings come from the environment only (install it, in $HERE:" \
@@ -112,7 +116,7 @@ except (ValueError, AttributeError):
     sys.exit(1)
 print(health.get("pid", ""))
 '
-probe() { "$PYTHON" -c "$PROBE" "$1"; }
+probe() { "$PYTHON_PATH" -c "$PROBE" "$1"; }
 
 # Runs proxy.py in a session of its own: Ctrl-C and a closed terminal reach this script and
 # the client, never a proxy that other terminals may be using. Same pid (exec).
@@ -166,7 +170,7 @@ lock_leases() {
     status=0
     { exec 9>>"$leases/lock"; } 2>/dev/null || status=3  # the folder went just now: again
     if [ "$status" -eq 0 ]; then
-      "$PYTHON" -c "$LOCKER" "$leases/lock" "$((START_TIMEOUT + STOP_TIMEOUT + 10))" || status=$?
+      "$PYTHON_PATH" -c "$LOCKER" "$leases/lock" "$((START_TIMEOUT + STOP_TIMEOUT + 10))" || status=$?
     fi
     if [ "$status" -eq 0 ]; then
       locked=1
@@ -297,7 +301,7 @@ start_proxy() {
     say "cannot write the proxy log $log; set SHIELD_LOG to a file you can write"
     exit 1
   fi
-  "$PYTHON" -c "$DETACH" "$HERE/proxy.py" --port "$port" </dev/null >>"$log" 2>&1 9>&- &
+  "$PYTHON_PATH" -c "$DETACH" "$HERE/proxy.py" --port "$port" </dev/null >>"$log" 2>&1 9>&- &
   proxy_pid=$!
   deadline=$((SECONDS + START_TIMEOUT))
   while :; do
@@ -390,7 +394,7 @@ main() {
       ;;
   esac
   if [ "$port" -eq 0 ]; then
-    port="$("$PYTHON" -c "$FREE_PORT")"  # a proxy of this script's own, on a port free right now
+    port="$("$PYTHON_PATH" -c "$FREE_PORT")"  # a proxy of this script's own, on a port free right now
   fi
   if [ "$upstream_key_set" != 1 ]; then
     say "AZURE_API_KEY is not set (environment or $ENV_FILE), so the upstream gets the client's dummy" \

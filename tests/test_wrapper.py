@@ -475,20 +475,16 @@ def test_ctrl_c_in_exec_mode_ends_with_130_and_stops_the_proxy(wrapper):
 
 
 def test_ctrl_c_while_the_proxy_starts_leaves_nothing_behind(wrapper):
-    """Ctrl-C before the proxy answered: exit 130, the proxy stopped, no lease folder left."""
-    marker = wrapper.tmp / "proxy-launched"
-    python = wrapper.tmp / "bin" / "python-marking-the-proxy"
-    python.write_text('#!/bin/sh\ncase "$*" in *proxy.py*) echo $$ >%s ;; esac\nexec %s "$@"\n'
-                      % (shlex.quote(str(marker)), shlex.quote(sys.executable)))
-    python.chmod(0o755)
-    process = wrapper.start("exec", "x", PYTHON=str(python))
-    wait_for_file(marker)
-    proxy_pid = int(marker.read_text())  # the same process once it execs Python
+    """Ctrl-C while the proxy starts (the wrapper's line in the log is written just before): 130, nothing left."""
+    process = wrapper.start("exec", "x")
+    wait_for(lambda: wrapper.log.exists() and "starts the proxy" in wrapper.log.read_text(), "no start in the log")
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
-    wait_until_gone(wrapper.port, proxy_pid)
-    assert not wrapper.record.exists() and not wrapper.leases.exists()
+    proxies = [line for line in subprocess.run(["ps", "-ww", "-eo", "command="], capture_output=True,
+                                               text=True).stdout.splitlines()
+               if "proxy.py --port %d" % wrapper.port in line]
+    assert proxies == [] and not listening(wrapper.port) and not wrapper.leases.exists()
 
 
 def test_the_lease_of_a_killed_wrapper_does_not_keep_the_proxy(wrapper):
@@ -620,18 +616,32 @@ def test_the_venv_beside_the_script_is_preferred(tmp_path, upstream):
     """.venv/bin/python3 beside chatgpt.sh runs the proxy (python-dotenv is there), unless PYTHON says otherwise."""
     wrapper = wrapper_beside_env_file(tmp_path, upstream, "AZURE_ENDPOINT=%s/v1\n" % upstream.url)
     wrapper.env.pop("PYTHON", None)
-    used = tmp_path / "venv-python-used"
-    venv_python = tmp_path / "project" / ".venv" / "bin" / "python3"
-    venv_python.parent.mkdir(parents=True)
-    venv_python.write_text('#!/bin/sh\necho "$@" >>%s\nexec %s "$@"\n' % (shlex.quote(str(used)),
-                                                                          shlex.quote(sys.executable)))
-    venv_python.chmod(0o755)
-    result = wrapper.run("exec", "x", PORT=str(wrapper.port))
-    assert result.returncode == 0, result.stderr
-    assert re.search(r"/proxy\.py --port %d$" % wrapper.port, used.read_text(), re.M)
-    before = used.read_text()
-    assert wrapper.run("exec", "x", PORT=str(wrapper.port), PYTHON=sys.executable).returncode == 0
-    assert used.read_text() == before
+    wrapper.started = []
+    venv = tmp_path / "project" / ".venv"
+    # A real venv, without pip (no package index needed); the test's python-dotenv through the system site.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+
+    def proxy_command(**env):
+        done = tmp_path / "done"
+        if done.exists():
+            done.unlink()
+        if wrapper.record.exists():
+            wrapper.record.unlink()
+        process = wrapper.start("exec", "x", PORT=str(wrapper.port), FAKE_UNTIL=str(done), **env)
+        try:
+            wrapper.wait_for_client()
+            pid = health(wrapper.port)["pid"]
+            return subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True).stdout
+        finally:
+            done.touch()
+            _, err = process.communicate(timeout=30)
+            assert process.returncode == 0, err
+
+    try:
+        assert proxy_command().startswith(str(venv / "bin" / "python3") + " ")
+        assert proxy_command(PYTHON=sys.executable).startswith(sys.executable + " ")
+    finally:
+        wrapper.clean_up()
 
 
 # -- README: the wrapper's steps, word for word --------------------------------------------------
