@@ -1,10 +1,12 @@
 """Shared servers: the scripted fake upstream and the real proxy, both on 127.0.0.1:0."""
 
+import os
+import socket
 import threading
 
 import pytest
 
-from retry_shield.config import load_config
+from retry_shield.config import SETTINGS, load_config
 from retry_shield.server import ShieldServer
 from tests.fake_upstream import FakeUpstream
 
@@ -17,6 +19,26 @@ FAST_SETTINGS = {
     "CONNECT_TIMEOUT": "2",
     "TOTAL_TIMEOUT": "20",
 }
+
+
+@pytest.fixture
+def environ():
+    """os.environ without any setting; whatever the test or a .env file adds is removed afterwards."""
+    names = [setting.env for setting in SETTINGS]
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    yield os.environ
+    for name in names:
+        os.environ.pop(name, None)
+    os.environ.update(saved)
+
+
+@pytest.fixture
+def taken_port():
+    """A port this test holds; a bad setting that slipped through fails on it instead of serving forever."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield sock.getsockname()[1]
 
 
 @pytest.fixture

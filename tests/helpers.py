@@ -83,3 +83,21 @@ def held_clients(port, count, raw, timeout=60.0):
         sock.close()
     selector.close()
     return [bytes(data) for data in buffers.values()]
+
+
+def main_in_process(argv, capsys):
+    """``python proxy.py ARGV`` as main() in this process: its exit code, stdout and stderr."""
+    from retry_shield.main import main
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *texts):
+    """A start-up error as the user sees it: exit 2, one line naming what is wrong, then what to do."""
+    assert code == 2, err
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("proxy.py: error: ") and "Traceback" not in err
+    for text in texts:
+        assert text in err, err
+    assert "; " in err

@@ -18,6 +18,7 @@ import time
 import pytest
 
 import proxy
+from tests.helpers import assert_one_line_error, main_in_process
 import retry_shield
 from retry_shield.config import SETTINGS, load_config
 from retry_shield.errors import ConfigError
@@ -39,16 +40,6 @@ FIELD = {setting.env: setting.field for setting in SETTINGS}
 
 def settings_of(config):
     return {name: getattr(config, FIELD[name]) for name in NAMES if name != "AZURE_ENDPOINT"}
-
-
-@pytest.fixture
-def environ():
-    """os.environ without any setting; whatever the test or a .env file adds is removed afterwards."""
-    saved = {name: os.environ.pop(name) for name in NAMES if name in os.environ}
-    yield os.environ
-    for name in NAMES:
-        os.environ.pop(name, None)
-    os.environ.update(saved)
 
 
 @pytest.fixture
@@ -181,30 +172,6 @@ def test_a_timeout_no_socket_can_take_is_refused_at_start_up(name):
 # ---------------------------------------------------------------------------
 # Start-up errors as the user sees them: exit 2, one line on stderr, no traceback
 # ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def taken_port():
-    """A port this test holds; a bad setting that slipped through fails on it instead of serving forever."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
-        yield sock.getsockname()[1]
-
-
-def main_in_process(argv, capsys):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *names):
-    assert code == 2, err
-    assert err.endswith("\n") and err.count("\n") == 1, err
-    assert err.startswith("proxy.py: error: ") and "Traceback" not in err
-    for name in names:
-        assert name in err
-    assert "; " in err  # the problem, then what to do about it
 
 
 START_UP = [

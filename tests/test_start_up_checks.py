@@ -8,53 +8,20 @@ matter (a copy beside .env.example, no .env at all, no python-dotenv).
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 
 import proxy
+from tests.helpers import assert_one_line_error, main_in_process
 import retry_shield.main
 from retry_shield.config import SETTINGS, EnvFile, config_warnings, load_config, placeholder_in
 from retry_shield.errors import ConfigError
-from retry_shield.main import main
 
 HERE = os.path.dirname(os.path.abspath(proxy.__file__))
 ENDPOINT = "http://127.0.0.1:9/v1"
 NAMES = [setting.env for setting in SETTINGS]
-
-
-@pytest.fixture
-def environ():
-    """os.environ without any setting; whatever the test or a .env file adds is removed afterwards."""
-    saved = {name: os.environ.pop(name) for name in NAMES if name in os.environ}
-    yield os.environ
-    for name in NAMES:
-        os.environ.pop(name, None)
-    os.environ.update(saved)
-
-
-@pytest.fixture
-def taken_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(1)
-        yield sock.getsockname()[1]
-
-
-def start(argv, capsys):
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *texts):
-    assert code == 2, err
-    assert err.startswith("proxy.py: error: ") and err.endswith("\n") and err.count("\n") == 1, err
-    assert "Traceback" not in err and "; " in err
-    for text in texts:
-        assert text in err, err
 
 
 # ---------------------------------------------------------------------------
@@ -215,7 +182,7 @@ def test_misspelled_keys_are_read_through_python_dotenv(environ, tmp_path, taken
     """``export``, quotes and comments are python-dotenv's syntax: the key is AZURE_ENDPONT, whatever the form."""
     env_file = tmp_path / ".env"
     env_file.write_text("# the endpoint\nexport AZURE_ENDPONT='%s'  # typo\nPORT=%d\n" % (ENDPOINT, taken_port))
-    code, _, err = start(["--env-file", str(env_file)], capsys)
+    code, _, err = main_in_process(["--env-file", str(env_file)], capsys)
     assert_one_line_error(code, err, "AZURE_ENDPONT in %s is not a setting; did you mean AZURE_ENDPOINT?" % env_file)
     assert "is not set" not in err
 
@@ -227,7 +194,7 @@ def test_misspelled_keys_are_read_through_python_dotenv(environ, tmp_path, taken
 def test_no_env_file_and_no_endpoint_names_the_path_looked_for(environ, tmp_path, monkeypatch, capsys):
     missing = str(tmp_path / ".env")
     monkeypatch.setattr(retry_shield.main, "DEFAULT_ENV_FILE", missing)
-    code, _, err = start(["--port", "0"], capsys)
+    code, _, err = main_in_process(["--port", "0"], capsys)
     assert_one_line_error(code, err, "AZURE_ENDPOINT is not set", "no .env at %s" % missing, ".env.example")
 
 
@@ -247,21 +214,21 @@ def test_no_env_file_beside_the_script_for_real(tmp_path):
 ])
 def test_a_bad_flag_is_named_as_the_flag(argv, text, environ, tmp_path, capsys):
     environ.update({"AZURE_ENDPOINT": ENDPOINT})
-    code, _, err = start(["--env-file", os.devnull] + argv, capsys)
+    code, _, err = main_in_process(["--env-file", os.devnull] + argv, capsys)
     assert_one_line_error(code, err, text)
     assert "PORT=" not in err and "HOST=" not in err
 
 
 def test_a_port_in_use_given_as_a_flag_is_named_as_the_flag(environ, taken_port, capsys):
     environ.update({"AZURE_ENDPOINT": ENDPOINT})
-    code, _, err = start(["--env-file", os.devnull, "--port", str(taken_port)], capsys)
+    code, _, err = main_in_process(["--env-file", os.devnull, "--port", str(taken_port)], capsys)
     assert_one_line_error(code, err, "port %d" % taken_port, "already in use", "--port")
     assert "PORT" not in err
 
 
 def test_an_address_it_cannot_listen_on_given_as_a_flag_is_named_as_the_flag(environ, capsys):
     environ.update({"AZURE_ENDPOINT": ENDPOINT, "PROXY_API_KEY": "a-long-proxy-key"})
-    code, _, err = start(["--env-file", os.devnull, "--host", "203.0.113.7", "--port", "0"], capsys)
+    code, _, err = main_in_process(["--env-file", os.devnull, "--host", "203.0.113.7", "--port", "0"], capsys)
     assert_one_line_error(code, err, "cannot listen on 203.0.113.7", "--host")
     assert "HOST" not in err
 
