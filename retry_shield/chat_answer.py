@@ -2,13 +2,11 @@
 
 import copy
 import json
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 from .aggregate import assemble_chat_completion
+from .chat_request import ChatPlan
 from .sse import data_json
-
-if TYPE_CHECKING:  # the plan's module imports nothing from here; this is for the annotations only
-    from .chat_request import ChatPlan
 
 ERROR_MARK = b'"error"'
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
@@ -39,7 +37,7 @@ ECHO_DEFAULTS: Dict[str, Any] = {
 }
 
 
-def chat_to_response(body: Union[bytes, memoryview], plan: "ChatPlan", ids: str, created_at: int,
+def chat_to_response(body: Union[bytes, memoryview], plan: ChatPlan, ids: str, created_at: int,
                      status_hint: str = "") -> Dict[str, Any]:
     """The Responses ``response`` object for a judged, complete Chat Completions stream.
 
@@ -156,7 +154,7 @@ def _usage(usage: Any) -> Optional[Dict[str, Any]]:
             "total_tokens": _count(usage.get("total_tokens")) or input_tokens + output_tokens}
 
 
-def _output_items(choice: Dict[str, Any], plan: "ChatPlan", ids: str, status: str) -> List[Dict[str, Any]]:
+def _output_items(choice: Dict[str, Any], plan: ChatPlan, ids: str, status: str) -> List[Dict[str, Any]]:
     """Reasoning, then the message, then one item per tool call; the last item is the one a cut-off ended."""
     message = choice["message"]
     calls = message.get("tool_calls") or []
@@ -187,7 +185,7 @@ def _output_items(choice: Dict[str, Any], plan: "ChatPlan", ids: str, status: st
     return items
 
 
-def _call_item(call: Dict[str, Any], plan: "ChatPlan", ids: str, index: int, taken: Set[str]) -> Dict[str, Any]:
+def _call_item(call: Dict[str, Any], plan: ChatPlan, ids: str, index: int, taken: Set[str]) -> Dict[str, Any]:
     function = call.get("function") or {}
     flat = function.get("name") or ""
     arguments = function.get("arguments") or ""

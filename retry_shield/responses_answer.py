@@ -2,10 +2,9 @@
 
 import json
 import re
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
-if TYPE_CHECKING:  # the plan's module imports nothing from here; this is for the annotations only
-    from .responses_request import ResponsesPlan
+from .responses_request import ResponsesPlan
 
 Span = Tuple[int, int]
 COMPACT = (",", ":")
@@ -62,7 +61,7 @@ class Answer(NamedTuple):
     finish_reason: str
 
 
-def chat_completion(response: Dict[str, Any], plan: "ResponsesPlan", ids: str, created: int) -> Dict[str, Any]:
+def chat_completion(response: Dict[str, Any], plan: ResponsesPlan, ids: str, created: int) -> Dict[str, Any]:
     """The non-streaming ``chat.completion`` for ``response``: every field of the API's, null where none.
 
     ``usage`` is always an object: clients read ``completion.usage.prompt_tokens`` without a check
@@ -83,7 +82,7 @@ def chat_completion(response: Dict[str, Any], plan: "ResponsesPlan", ids: str, c
     return completion
 
 
-def chat_chunks(response: Dict[str, Any], plan: "ResponsesPlan", ids: str, created: int) -> bytes:
+def chat_chunks(response: Dict[str, Any], plan: ResponsesPlan, ids: str, created: int) -> bytes:
     """The streamed answer for ``response``: ``data: {chat.completion.chunk}`` lines, then ``data: [DONE]``.
 
     The role; the reasoning, as ``reasoning_content``, before the text; a delta per text part; each
@@ -379,7 +378,7 @@ def _usage(usage: Any) -> Dict[str, Any]:
                                           "rejected_prediction_tokens": 0}}
 
 
-def _head(response: Dict[str, Any], plan: "ResponsesPlan", ids: str, created: int, kind: str) -> Dict[str, Any]:
+def _head(response: Dict[str, Any], plan: ResponsesPlan, ids: str, created: int, kind: str) -> Dict[str, Any]:
     model = response.get("model")
     tier = response.get("service_tier")
     return {"id": "chatcmpl-" + ids, "object": kind, "created": created,
