@@ -101,3 +101,15 @@ def assert_one_line_error(code, err, *texts):
     for text in texts:
         assert text in err, err
     assert "; " in err
+
+
+def assert_cost_is_linear(cpu_of, small, large, slack=0.01):
+    """4x the input costs less than 6x the CPU (``cpu_of(input)`` in seconds), best of 5 interleaved
+    runs so both sizes see the same machine; ``slack`` seconds allow a constant cost such as a large
+    buffer outgrowing the CPU caches. Quadratic work would cost about 16x."""
+    small_cpu = large_cpu = float("inf")
+    for _ in range(5):
+        small_cpu = min(small_cpu, cpu_of(small))
+        large_cpu = min(large_cpu, cpu_of(large))
+    assert large_cpu < 6 * small_cpu + slack, "%.1f ms for %d bytes, %.1f ms for %d bytes" % (
+        small_cpu * 1000, len(small), large_cpu * 1000, len(large))

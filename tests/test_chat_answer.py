@@ -9,7 +9,6 @@ decoder, stream accumulator and client (over a mock transport: no sockets).
 import json
 import time
 import typing
-from typing import Any, FrozenSet, Mapping, NamedTuple, Tuple
 
 import httpx2
 import pytest
@@ -21,17 +20,8 @@ from pydantic import TypeAdapter
 
 from retry_shield.aggregate import assemble_chat_completion
 from retry_shield.chat_answer import chat_to_response, response_events
-
-try:
-    from retry_shield.chat_request import ChatPlan
-except ImportError:  # written at the same time as this module: the same fields
-    class ChatPlan(NamedTuple):  # type: ignore[no-redef]
-        model: str
-        custom_tools: FrozenSet[str]
-        namespaced: Mapping[str, Tuple[str, str]]
-        call_ids: FrozenSet[str]
-        echo: Mapping[str, Any]
-
+from retry_shield.chat_request import ChatPlan
+from tests.helpers import assert_cost_is_linear
 
 COMPACT = (",", ":")
 IDS = "0123456789abcdef0123456789abcdef"
@@ -648,9 +638,4 @@ def test_translation_cost_is_linear():
     """4x the answer costs less than 6x the CPU; anything quadratic would cost about 16x."""
     small, large = big_answer(2500), big_answer(10000)
     assert 3.9 < len(large) / len(small) < 4.1
-    small_cpu = large_cpu = float("inf")
-    for _ in range(5):  # interleaved, best of each: both sizes see the same machine
-        small_cpu = min(small_cpu, translation_cpu(small))
-        large_cpu = min(large_cpu, translation_cpu(large))
-    assert large_cpu < 6 * small_cpu + 0.01, "%.1f ms for %d bytes, %.1f ms for %d bytes" % (
-        small_cpu * 1000, len(small), large_cpu * 1000, len(large))
+    assert_cost_is_linear(translation_cpu, small, large)

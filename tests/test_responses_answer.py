@@ -9,7 +9,6 @@ the chunk streams are fed to the SDK's own accumulator and client (over a mock t
 import json
 import time
 from pathlib import Path
-from typing import FrozenSet, NamedTuple
 
 import httpx2
 import pytest
@@ -17,18 +16,16 @@ from openai import OpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 
-from retry_shield.responses_answer import chat_chunks, chat_completion, failed_error, responses_answer
+from retry_shield.responses_answer import (
+    chat_chunks,
+    chat_completion,
+    failed_error,
+    responses_answer,
+)
+from retry_shield.responses_request import ResponsesPlan
 from retry_shield.sse import StreamInspector, StreamVerdict
 from tests.fake_upstream import responses_stream
-
-try:
-    from retry_shield.responses_request import ResponsesPlan
-except ImportError:  # written at the same time as this module: the same fields
-    class ResponsesPlan(NamedTuple):  # type: ignore[no-redef]
-        model: str
-        include_usage: bool
-        tool_names: FrozenSet[str]
-
+from tests.helpers import assert_cost_is_linear
 
 COMPACT = (",", ":")
 CAPTURES = Path(__file__).parent / "captures"
@@ -680,12 +677,7 @@ def test_translation_cost_is_linear():
     """4x the answer costs less than 6x the CPU; anything quadratic would cost about 16x."""
     small, large = big_answer(2500), big_answer(10000)
     assert 3.9 < len(large) / len(small) < 4.1
-    small_cpu = large_cpu = float("inf")
-    for _ in range(5):  # interleaved, best of each: both sizes see the same machine
-        small_cpu = min(small_cpu, translation_cpu(small))
-        large_cpu = min(large_cpu, translation_cpu(large))
-    assert large_cpu < 6 * small_cpu + 0.01, "%.1f ms for %d bytes, %.1f ms for %d bytes" % (
-        small_cpu * 1000, len(small), large_cpu * 1000, len(large))
+    assert_cost_is_linear(translation_cpu, small, large)
 
 
 def test_delta_events_are_not_parsed(monkeypatch):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from retry_shield.aggregate import assemble_chat_completion
 from retry_shield.sse import StreamInspector, StreamVerdict
+from tests.helpers import assert_cost_is_linear
 
 V = StreamVerdict
 COMPACT = (",", ":")
@@ -441,13 +442,8 @@ def test_inspection_cost_is_linear():
     """
     small, large = big_responses_stream(5000), big_responses_stream(20000)
     assert 1.8e6 < len(small) < 2.6e6 and 3.9 < len(large) / len(small) < 4.1
-    small_cpu = large_cpu = float("inf")
-    for _ in range(5):  # interleaved, best of each: both sizes see the same machine
-        small_cpu = min(small_cpu, inspection_cpu("responses", small))
-        large_cpu = min(large_cpu, inspection_cpu("responses", large))
     # 10 ms of slack: the large buffer outgrows the CPU caches, a constant cost, not a rescan (~350 ms)
-    assert large_cpu < 6 * small_cpu + 0.01, "%.1f ms for %d bytes, %.1f ms for %d bytes" % (
-        small_cpu * 1000, len(small), large_cpu * 1000, len(large))
+    assert_cost_is_linear(lambda body: inspection_cpu("responses", body), small, large, slack=0.01)
 
 
 def test_a_reused_buffer_still_viewed_elsewhere_is_left_for_a_fresh_one():
