@@ -1,0 +1,63 @@
+"""The usage record of an Exchange: one JSON-ready dict per request, never a prompt, an answer or a key."""
+
+import datetime
+from typing import Any, Dict, Mapping, Optional
+
+# The token counts a record keeps, and where each protocol's usage object has them.
+TOKEN_PATHS = {
+    "input": (("input_tokens",), ("prompt_tokens",)),
+    "output": (("output_tokens",), ("completion_tokens",)),
+    "cached": (("input_tokens_details", "cached_tokens"), ("prompt_tokens_details", "cached_tokens")),
+    "reasoning": (("output_tokens_details", "reasoning_tokens"), ("completion_tokens_details", "reasoning_tokens")),
+}
+
+
+def _count(usage: Mapping[str, Any], path: tuple) -> Optional[int]:
+    value: Any = usage
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def token_counts(usage: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Optional[int]]]:
+    """Input, output, cached and reasoning tokens of either protocol's usage object (None: no usage)."""
+    if not isinstance(usage, Mapping):
+        return None
+    counts = {}
+    for name, paths in TOKEN_PATHS.items():
+        counts[name] = next((found for found in (_count(usage, path) for path in paths) if found is not None), None)
+    return counts
+
+
+def iso_time(wall: float) -> str:
+    """UTC, to the millisecond: ``2026-11-30T07:43:43.123Z``."""
+    moment = datetime.datetime.fromtimestamp(wall, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
+
+
+def usage_record(exchange: Any, ended_at: float) -> Dict[str, Any]:
+    """What the usage log, /stats and the status page keep of one finished exchange.
+
+    ``ended_at`` is the wall-clock time (``time.time()``) the answer was sent. Attempts keep
+    their failure kind and status, not their detail: an upstream's message may quote the input.
+    """
+    return {
+        "time": iso_time(ended_at),
+        "path": exchange.path,
+        "client_api": exchange.client_protocol,
+        "upstream_api": exchange.upstream_protocol,
+        "model_asked": exchange.model_asked,
+        "model_sent": exchange.model_sent,
+        "client_stream": exchange.client_streamed,
+        "status": exchange.status,
+        "outcome": exchange.outcome,
+        "attempts": [{"kind": attempt.kind, "status": attempt.status, "seconds": round(attempt.seconds, 3)}
+                     for attempt in exchange.attempts],
+        "retries": exchange.retries,
+        "seconds": round(exchange.seconds, 3),
+        "waited": round(exchange.waited, 3),
+        "bytes": exchange.bytes,
+        "tokens": token_counts(exchange.usage),
+    }
