@@ -10,6 +10,7 @@ import threading
 from typing import List, Optional, Tuple
 
 from . import __version__
+from .check import run_check
 from .config import DEFAULT_ENV_FILE, Config, EnvFile, build_arg_parser, config_warnings, load_config
 from .errors import ConfigError
 from .routes import is_loopback_host, mask_secrets, operation_url_protocol, redact_url
@@ -188,6 +189,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     warning = env_file_warning(env_file)
     for message in ([warning] if warning else []) + config_warnings(config):
         logger.warning("%s", message)
+    if build_arg_parser().parse_args(argv).check:
+        return run_check(config, sys.stdout)
     try:
         server = _listen(config)
     except ConfigError as exc:

@@ -172,14 +172,15 @@ class Upstream:
 
     def attempt(self, method: str, url: str, body: Optional[bytes], headers: Mapping[str, str],
                 protocol: Optional[str], deadline: float, still_wanted: Callable[[], bool],
-                fresh: bool = False) -> UpstreamAnswer:
+                fresh: bool = False, on_headers: Optional[Callable[[], None]] = None) -> UpstreamAnswer:
         """Make one upstream attempt and read its whole answer.
 
         Returns an UpstreamAnswer the client may receive; raises UpstreamFailure for
         anything worth another attempt (or a final proxy-side failure), and ClientGone
         when ``still_wanted()`` turns false while reading. ``protocol`` is the SSE
         protocol to judge the answer by, or None for an answer passed on as it comes.
-        ``fresh``: on a new connection, not a kept-alive one.
+        ``fresh``: on a new connection, not a kept-alive one. ``on_headers`` is called once the
+        status line and headers have arrived (``--check`` times the first byte with it).
 
         A kept-alive connection found dead before the request was written whole is
         dropped and the request goes out on another: nothing reached the upstream, so
@@ -224,6 +225,8 @@ class Upstream:
                 except (OSError, http.client.HTTPException) as exc:
                     raise UpstreamFailure("reset", "connection lost before the answer%s: %s" % (
                         " on a kept-alive connection" if reused else "", reason_of(exc)), reused=reused) from None
+                if on_headers is not None:
+                    on_headers()
                 reader = AnswerReader(config, response, protocol, self.buffers)
                 answer = None
                 try:

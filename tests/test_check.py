@@ -1,0 +1,454 @@
+"""``python proxy.py --check``: one small streamed request to the upstream, what came back, what to fix.
+
+The real main() in this process (and once the real script) against real fake upstreams on
+127.0.0.1:0: both APIs, one of them, neither, refusals, a cut stream, TLS, an unresolvable name
+and a port nobody listens on. PORT is always a port another socket holds, so a check that
+started the server would fail with exit 2 instead of passing. The diagnosis itself is pure
+and tested as data.
+"""
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+
+import pytest
+import trustme
+
+import proxy
+from retry_shield.check import (DEFAULT_MODEL, MAX_TOKENS, Probe, api_advice, cause, check_request, probe_urls,
+                                reported_model, works)
+from retry_shield.sse import StreamVerdict
+from tests.fake_upstream import FakeUpstream, chat_stream, cut, good, no_terminator, raw, responses_stream, status
+from tests.helpers import main_in_process
+from tests.test_mistakes import UNRESOLVABLE, invalid_does_not_resolve  # noqa: F401 - a fixture
+
+KEY = "sk-check-secret-0123456789"
+
+
+@pytest.fixture
+def closed_port():
+    """A port bound by this test but not listening: a connection to it is refused, and nobody else can take it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+def check(environ, taken_port, capsys):
+    """check(endpoint, **settings): ``python proxy.py --check`` as main() in this process: (exit code, out, err)."""
+    def run(endpoint, *argv, **settings):
+        environ.update(AZURE_ENDPOINT=endpoint, PORT=str(taken_port), CONNECT_TIMEOUT="5", UPSTREAM_TIMEOUT="5")
+        environ.update(settings)
+        code, out, err = main_in_process(["--env-file", os.devnull, "--check"] + list(argv), capsys)
+        assert "Traceback" not in out + err
+        return code, out, err
+    return run
+
+
+def last_line(out):
+    return out.rstrip("\n").splitlines()[-1]
+
+
+def field(out, name):
+    """The values of one field of the report (``status``, ``model``...), in order."""
+    return [line.split(None, 1)[1] if " " in line.strip() else "" for line in out.splitlines()
+            if line.startswith("  %s " % name) or line.startswith("%s " % name)]
+
+
+# ---------------------------------------------------------------------------
+# Success: what was tried, what came back, which APIs the endpoint speaks
+# ---------------------------------------------------------------------------
+
+
+def test_a_full_chat_url_is_asked_once_and_reported(chat_upstream, check):
+    code, out, _ = check(chat_upstream.url + "/v1/chat/completions")
+    assert code == 0, out
+    assert "POST %s/v1/chat/completions\n" % chat_upstream.url in out
+    assert field(out, "status") == ["200"]
+    assert len(field(out, "first byte")) == 1 and field(out, "first byte")[0].endswith(" s")
+    assert len(field(out, "total")) == 1
+    assert field(out, "stream") == ["ended properly (a finish_reason, then data: [DONE])"]
+    assert field(out, "model")[-1] == "gpt-fake"
+    assert "Chat Completions (the URL names it)" in out and "UPSTREAM_API=auto is enough" in out
+    assert last_line(out) == "check passed"
+    [seen] = chat_upstream.requests
+    assert seen.path == "/v1/chat/completions"
+    assert seen.json == check_request("chat", DEFAULT_MODEL)
+    assert seen.json["stream"] is True and seen.json["max_tokens"] == MAX_TOKENS
+    assert seen.json["messages"] == [{"role": "user", "content": "ping"}]
+
+
+def test_a_full_responses_url_is_asked_in_the_responses_api(responses_upstream, check):
+    code, out, _ = check(responses_upstream.url + "/v1/responses?api-version=preview")
+    assert code == 0, out
+    assert "POST %s/v1/responses\n" % responses_upstream.url in out  # no query: it could hold a key
+    assert field(out, "stream") == ["ended properly (response.completed)"]
+    assert "the Responses API (the URL names it)" in out and last_line(out) == "check passed"
+    [seen] = responses_upstream.requests
+    assert seen.query == "api-version=preview"
+    assert seen.json == {"model": DEFAULT_MODEL, "input": "ping", "max_output_tokens": MAX_TOKENS, "stream": True,
+                         "store": False}
+
+
+def test_a_base_url_speaking_both_is_asked_in_both(upstream, check):
+    code, out, _ = check(upstream.url + "/v1")
+    assert code == 0, out
+    assert [seen.path for seen in upstream.requests] == ["/v1/responses", "/v1/chat/completions"]
+    assert field(out, "status") == ["200", "200"] and field(out, "model")[-2:] == ["gpt-fake", "gpt-fake"]
+    assert field(out, "speaks") == ["both APIs; UPSTREAM_API=auto is right: each client's requests go as they are"]
+    assert last_line(out) == "check passed"
+
+
+def test_a_base_url_speaking_only_chat_says_to_set_upstream_api_chat(chat_upstream, check):
+    code, out, _ = check(chat_upstream.url + "/v1")
+    assert code == 0, out
+    assert field(out, "status") == ["404: Invalid URL (POST /v1/responses)", "200"]
+    [speaks] = field(out, "speaks")
+    assert speaks.startswith("Chat Completions only; set UPSTREAM_API=chat"), speaks
+    assert last_line(out) == "check passed"
+
+
+def test_a_base_url_speaking_only_chat_with_upstream_api_chat_is_right(chat_upstream, check):
+    code, out, _ = check(chat_upstream.url + "/v1", UPSTREAM_API="chat")
+    assert code == 0 and field(out, "speaks") == ["Chat Completions only; UPSTREAM_API=chat is right"], out
+
+
+def test_a_base_url_speaking_only_responses_says_so(responses_upstream, check):
+    code, out, _ = check(responses_upstream.url + "/v1")
+    assert code == 0, out
+    assert field(out, "status") == ["200", "404: Invalid URL (POST /v1/chat/completions)"]
+    [speaks] = field(out, "speaks")
+    assert speaks.startswith("the Responses API only; Codex works as it is") and "UPSTREAM_API=responses" in speaks
+
+
+def test_upstream_api_naming_the_api_the_endpoint_lacks_fails_with_the_value_to_set(chat_upstream, check):
+    code, out, _ = check(chat_upstream.url + "/v1", UPSTREAM_API="responses")
+    assert code == 1, out
+    assert last_line(out) == ("check failed: the upstream speaks only Chat Completions, but UPSTREAM_API=responses "
+                              "sends every request as the Responses API; set UPSTREAM_API=chat")
+
+
+def test_forced_model_is_the_model_asked_for(upstream, check):
+    code, out, _ = check(upstream.url + "/v1/responses", FORCED_MODEL="my-deployment")
+    assert code == 0 and field(out, "model")[0] == "my-deployment (FORCED_MODEL)"
+    assert upstream.requests[0].json["model"] == "my-deployment"
+
+
+def test_without_forced_model_the_report_says_how_to_ask_for_another(upstream, check):
+    code, out, _ = check(upstream.url + "/v1/responses")
+    assert code == 0
+    assert field(out, "model")[0] == ("gpt-5 (FORCED_MODEL is not set; FORCED_MODEL=NAME python proxy.py --check "
+                                      "asks for NAME)")
+
+
+def test_a_chat_upstream_refusing_max_tokens_is_asked_again_without_as_the_proxy_would(chat_upstream, check):
+    refusal = {"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                                    "'max_completion_tokens' instead.", "type": "invalid_request_error",
+                         "param": "max_tokens", "code": "unsupported_parameter"}}
+    chat_upstream.plan(status(400, body=refusal), good())
+    code, out, _ = check(chat_upstream.url + "/v1/chat/completions")
+    assert code == 0, out
+    assert field(out, "refused") == ["max_tokens, so asked again without (as the proxy does)"]
+    second = chat_upstream.requests[1].json
+    assert "max_tokens" not in second and second["max_completion_tokens"] == MAX_TOKENS
+
+
+def test_an_incomplete_answer_ended_properly(upstream, check):
+    upstream.plan(raw(responses_stream(terminal="response.incomplete", incomplete_reason="max_output_tokens")))
+    code, out, _ = check(upstream.url + "/v1/responses")
+    assert code == 0, out
+    assert field(out, "stream") == ["ended properly (response.incomplete: the check asks for few tokens)"]
+
+
+def test_the_check_starts_no_server_and_keeps_the_start_up_warnings(upstream, check, caplog):
+    """PORT is held by another socket (the fixture): a server would exit 2; the warnings of a start still come."""
+    code, out, err = check(upstream.url + "/v1/responses", AZURE_API_KEY="k3y45")
+    assert code == 0, out + err
+    assert "AZURE_API_KEY is only 5 characters long" in caplog.text
+
+
+def test_a_configuration_error_still_exits_2(check):
+    code, out, err = check("ftp://nowhere/v1")
+    assert code == 2 and out == "" and err.startswith("proxy.py: error: AZURE_ENDPOINT='ftp://nowhere/v1'")
+
+
+def test_help_lists_check(environ, capsys):
+    with pytest.raises(SystemExit):
+        main_in_process(["--help"], capsys)
+    assert "--check" in capsys.readouterr().out
+
+
+def test_the_real_script_checks_and_exits_0(upstream, taken_port):
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(taken_port), AZURE_API_KEY=KEY)
+    result = subprocess.run([sys.executable, proxy.__file__, "--env-file", os.devnull, "--check"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.endswith("check passed\n") and result.stderr == ""
+    assert KEY not in result.stdout and upstream.requests[0].headers["api-key"] == KEY
+
+
+# ---------------------------------------------------------------------------
+# Failure: one line naming the likely cause and the fix, exit 1
+# ---------------------------------------------------------------------------
+
+
+def test_connection_refused_names_the_host_and_port(closed_port, check):
+    code, out, _ = check("http://127.0.0.1:%d/v1" % closed_port)
+    assert code == 1, out
+    assert last_line(out) == ("check failed: nothing listens on 127.0.0.1 port %d (connection refused); check the "
+                              "host and port in AZURE_ENDPOINT, and that the upstream server is running" % closed_port)
+    assert "/chat/completions not asked: the same host" in out  # the other API's path would fail the same way
+
+
+def test_a_host_that_does_not_resolve_names_the_host(invalid_does_not_resolve, check):  # noqa: F811
+    code, out, _ = check("https://%s/openai/v1" % UNRESOLVABLE)
+    assert code == 1, out
+    assert last_line(out) == ("check failed: cannot resolve %s; check the host name in AZURE_ENDPOINT (a typo, or a "
+                              "resource that does not exist)" % UNRESOLVABLE)
+
+
+@pytest.mark.parametrize("code_", [401, 403])
+def test_refused_credentials_name_azure_api_key(upstream, check, code_):
+    upstream.plan(status(code_))
+    code, out, _ = check(upstream.url + "/v1/responses", AZURE_API_KEY=KEY)
+    assert code == 1, out
+    assert last_line(out).startswith("check failed: the upstream refused the credentials (HTTP %d: fake upstream "
+                                     "error %d); check AZURE_API_KEY" % (code_, code_)), out
+
+
+def test_refused_credentials_without_a_key_say_to_set_one(upstream, check):
+    upstream.plan(status(401))
+    code, out, _ = check(upstream.url + "/v1/responses")
+    assert code == 1 and "AZURE_API_KEY is empty, so no key was sent: set AZURE_API_KEY" in last_line(out), out
+    assert "authorization" not in upstream.requests[0].headers and "api-key" not in upstream.requests[0].headers
+
+
+def test_a_base_url_with_neither_path_names_the_path_to_fix(check):
+    with FakeUpstream(speaks=()) as nowhere:
+        code, out, _ = check(nowhere.url + "/api")
+    assert code == 1, out
+    assert last_line(out) == ("check failed: the upstream has neither /api/responses nor /api/chat/completions "
+                              "(HTTP 404); check the path in AZURE_ENDPOINT: a base URL such as "
+                              "https://NAME.openai.azure.com/openai/v1 or https://api.openai.com/v1")
+
+
+def test_a_missing_azure_deployment_names_the_deployment(chat_upstream, check):
+    chat_upstream.plan(status(404, body={"error": {"code": "DeploymentNotFound", "message": (
+        "The API deployment for this resource does not exist. If you created the deployment within the last 5 "
+        "minutes, please wait a moment and try again.")}}))
+    code, out, _ = check(chat_upstream.url + "/openai/deployments/gpt4o/chat/completions?api-version=2024-10-21")
+    assert code == 1, out
+    assert last_line(out).startswith("check failed: Azure has no such deployment (HTTP 404: The API deployment for "
+                                     "this resource does not exist."), out
+    assert "check the deployment name in AZURE_ENDPOINT" in last_line(out)
+
+
+def test_a_missing_model_says_how_to_ask_for_another(upstream, check):
+    upstream.plan(status(404, body={"error": {"code": "model_not_found",
+                                              "message": "The model `gpt-5` does not exist"}}))
+    code, out, _ = check(upstream.url + "/v1/responses")
+    assert code == 1, out
+    assert last_line(out).startswith("check failed: the upstream has no model gpt-5 (HTTP 404: The model `gpt-5` "
+                                     "does not exist); check with a model it serves: FORCED_MODEL=NAME"), out
+
+
+def test_a_refused_api_version_says_to_fix_it(chat_upstream, check):
+    chat_upstream.plan(status(400, body={"error": {"code": "BadRequest", "message": "Unsupported api-version "
+                                                   "2023-01-01. The supported api-versions are ..."}}))
+    code, out, _ = check(chat_upstream.url + "/openai/deployments/gpt4o/chat/completions?api-version=2023-01-01")
+    assert code == 1, out
+    assert last_line(out).startswith("check failed: the upstream refused the API version (HTTP 400: Unsupported "
+                                     "api-version 2023-01-01."), out
+    assert "fix api-version in AZURE_ENDPOINT" in last_line(out)
+
+
+@pytest.fixture
+def tls_upstream():
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("localhost").configure_cert(context)
+    with FakeUpstream(tls=context) as fake:
+        yield fake
+
+
+def test_an_untrusted_certificate_names_ssl_cert_file(tls_upstream, check, monkeypatch, tmp_path):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "no-such-bundle.pem"))
+    code, out, _ = check(tls_upstream.url + "/v1")
+    assert code == 1, out
+    line = last_line(out)
+    assert line.startswith("check failed: the upstream's TLS certificate is not trusted (") and "SSL_CERT_FILE" in line
+    assert tls_upstream.requests == [] and "not asked" in out
+
+
+def test_a_plain_http_server_behind_https_says_to_use_http(upstream, check):
+    code, out, _ = check(upstream.url.replace("http://", "https://") + "/v1")
+    assert code == 1 and "use http:// in AZURE_ENDPOINT" in last_line(out), out
+
+
+@pytest.mark.parametrize("outcome, shown", [
+    (cut(300), "did not end properly (stream cut after 300 bytes (IncompleteRead))"),
+    (no_terminator(), "did not end properly (stream ended without response.completed"),
+])
+def test_a_stream_that_did_not_end_properly_fails(upstream, check, outcome, shown):
+    upstream.plan(outcome)
+    code, out, _ = check(upstream.url + "/v1/responses")
+    assert code == 1, out
+    assert field(out, "stream")[0].startswith(shown), out
+    assert last_line(out).startswith("check failed: the stream did not end properly (")
+    assert "something in between" in last_line(out)
+
+
+def test_a_server_error_says_the_upstream_is_failing(upstream, check):
+    upstream.plan(status(503))
+    code, out, _ = check(upstream.url + "/v1/chat/completions")
+    assert code == 1 and last_line(out).startswith("check failed: the upstream failed (HTTP 503: "), out
+    assert len(upstream.requests) == 1  # one request, not the proxy's retries
+
+
+def test_no_key_is_ever_printed(upstream, check, capsys):
+    """The key goes upstream in the headers and sits in the endpoint's query; the upstream even echoes it."""
+    upstream.plan(status(401, body={"error": {"message": "Incorrect API key provided: %s." % KEY}}))
+    code, out, err = check(upstream.url + "/v1/responses?api-version=2024-10-21&api-key=" + KEY, "--debug",
+                           AZURE_API_KEY=KEY, PROXY_API_KEY=KEY[::-1])
+    assert code == 1
+    seen = upstream.requests[0]
+    assert seen.headers["api-key"] == KEY and seen.headers["authorization"] == "Bearer " + KEY
+    assert KEY in seen.query
+    assert KEY not in out + err and KEY[::-1] not in out + err
+    assert "Incorrect API key provided: ***." in out
+
+
+# ---------------------------------------------------------------------------
+# The diagnosis, as data
+# ---------------------------------------------------------------------------
+
+ENDPOINT = "https://res.openai.azure.com/openai/v1"
+GOOD = StreamVerdict(StreamVerdict.COMPLETE, "completed")
+
+
+def probe(protocol="responses", **fields):
+    url = ENDPOINT + ("/responses" if protocol == "responses" else "/chat/completions")
+    return Probe(protocol, url, 0.5, **fields)
+
+
+NO_PATH = {"status": 404, "message": "Invalid URL (POST /v1/responses)"}
+
+
+@pytest.mark.parametrize("found, expected", [
+    (probe(kind="dns", detail="cannot resolve res.openai.azure.com; check AZURE_ENDPOINT"),
+     "cannot resolve res.openai.azure.com; check the host name in AZURE_ENDPOINT"),
+    (probe(kind="connect", detail="cannot connect: Connection refused"),
+     "nothing listens on res.openai.azure.com port 443 (connection refused); check the host and port"),
+    (probe(kind="connect", detail="cannot connect: Network is unreachable"),
+     "cannot connect to res.openai.azure.com port 443 (Network is unreachable); check the host and port"),
+    (probe(kind="connect", detail="TLS handshake failed: SSLV3_ALERT_HANDSHAKE_FAILURE"),
+     "TLS handshake failed: SSLV3_ALERT_HANDSHAKE_FAILURE with res.openai.azure.com port 443; check the host"),
+    (probe(kind="timeout", detail="connect timed out after 10.0s"),
+     "res.openai.azure.com port 443 did not answer in time (connect timed out after 10.0s); check the host"),
+    (probe(kind="tls", detail="the upstream's TLS certificate is not trusted (x); check AZURE_ENDPOINT, or set "
+                              "SSL_CERT_FILE to your CA bundle"), "the upstream's TLS certificate is not trusted"),
+    (probe(status=401, message="Access denied due to invalid subscription key."),
+     "the upstream refused the credentials (HTTP 401: Access denied due to invalid subscription key.); check "
+     "AZURE_API_KEY"),
+    (probe(status=403, message="Public access is disabled."), "the resource's network rules"),
+    (probe(**NO_PATH), "the upstream has no /openai/v1/responses (HTTP 404: Invalid URL (POST /v1/responses)); "
+                       "check the path in AZURE_ENDPOINT"),
+    (probe(status=404, message="The model `gpt-5` does not exist"), "the upstream has no model gpt-5"),
+    (probe(status=400, message="API version not supported"), "the upstream refused the API version"),
+    (probe(status=400, message="Invalid value for 'input'."), "the upstream refused the check's request (HTTP 400"),
+    (probe(status=429, message="Rate limit reached", kind="status"), "the upstream is limiting requests"),
+    (probe(status=500, message="oops", kind="status"), "the upstream failed (HTTP 500: oops)"),
+    (probe(status=200), "the upstream answered with JSON, not a stream"),
+    (probe(status=200, kind="cut", detail="stream cut after 41 KB (IncompleteRead)"),
+     "the stream did not end properly (stream cut after 41 KB (IncompleteRead)); the upstream or something in"),
+    (probe(kind="unterminated", detail="stream ended without response.completed (3 KB)"),
+     "the stream did not end properly (stream ended without response.completed (3 KB))"),
+    (probe(kind="stream_error", detail="error event: server_error: boom"),
+     "the upstream sent an error instead of an answer (error event: server_error: boom)"),
+    (probe(status=200, verdict=StreamVerdict(StreamVerdict.FAILED, "response.failed: insufficient_quota: no",
+                                             error={"code": "insufficient_quota", "message": "no"})),
+     "the upstream ended the answer with an error (insufficient_quota: no)"),
+    (probe(status=200, verdict=StreamVerdict(StreamVerdict.FAILED, "x", error={"code": "model_not_found",
+                                                                               "message": "no such model"})),
+     "the upstream has no model gpt-5 (model_not_found: no such model)"),
+    (probe(kind="wrong_api", detail="the upstream answered ...; set UPSTREAM_API=chat"), "set UPSTREAM_API=chat"),
+])
+def test_each_failure_has_one_line_naming_its_cause_and_fix(found, expected):
+    line = cause(found, ENDPOINT, "a-key-of-some-length", "gpt-5")
+    assert line.startswith(expected) or expected in line, line
+    assert "\n" not in line and "; " in line
+
+
+def test_an_empty_key_is_named_when_the_credentials_are_refused():
+    line = cause(probe(status=401), ENDPOINT, "", "gpt-5")
+    assert line.endswith("AZURE_API_KEY is empty, so no key was sent: set AZURE_API_KEY to the upstream's key")
+
+
+def test_a_404_on_a_url_with_an_api_version_mentions_it():
+    line = cause(probe(status=404, message="Resource not found"), ENDPOINT + "/x/chat/completions?api-version=1",
+                 "k", "m")
+    assert "check the path (or its api-version) in AZURE_ENDPOINT" in line
+
+
+CHAT_OK = probe("chat", status=200, verdict=GOOD)
+RESPONSES_OK = probe(status=200, verdict=GOOD)
+CHAT_NO_PATH = probe("chat", status=404, message="Not Found")
+RESPONSES_NO_PATH = probe(**NO_PATH)
+CHAT_400 = probe("chat", status=400, message="The model does not support chat")
+
+
+@pytest.mark.parametrize("endpoint, upstream_api, probes, ok, expected", [
+    (ENDPOINT, "auto", [RESPONSES_OK, CHAT_OK], True, "both APIs; UPSTREAM_API=auto is right"),
+    (ENDPOINT, "chat", [RESPONSES_OK, CHAT_OK], True, "both APIs; UPSTREAM_API=chat works, and UPSTREAM_API=auto"),
+    (ENDPOINT, "auto", [RESPONSES_NO_PATH, CHAT_OK], True, "Chat Completions only; set UPSTREAM_API=chat"),
+    (ENDPOINT, "chat", [RESPONSES_NO_PATH, CHAT_OK], True, "Chat Completions only; UPSTREAM_API=chat is right"),
+    (ENDPOINT, "responses", [RESPONSES_NO_PATH, CHAT_OK], False,
+     "the upstream speaks only Chat Completions, but UPSTREAM_API=responses sends every request as the Responses "
+     "API; set UPSTREAM_API=chat"),
+    (ENDPOINT, "auto", [RESPONSES_OK, CHAT_NO_PATH], True, "the Responses API only; Codex works as it is"),
+    (ENDPOINT, "responses", [RESPONSES_OK, CHAT_NO_PATH], True, "the Responses API only; UPSTREAM_API=responses"),
+    (ENDPOINT, "chat", [RESPONSES_OK, CHAT_NO_PATH], False, "the upstream speaks only the Responses API, but "
+     "UPSTREAM_API=chat sends every request as Chat Completions; set UPSTREAM_API=responses"),
+    (ENDPOINT, "auto", [RESPONSES_OK, CHAT_400], True, "the Responses API; Chat Completions did not answer properly"),
+    (ENDPOINT, "chat", [RESPONSES_OK, CHAT_400], False, None),  # the chat probe's own cause says why
+    (ENDPOINT, "auto", [RESPONSES_NO_PATH, CHAT_NO_PATH], False, None),
+    (ENDPOINT + "/chat/completions", "auto", [CHAT_OK], True, "Chat Completions (the URL names it); Responses (Codex) "
+                                                              "requests are translated to it"),
+    (ENDPOINT + "/responses", "auto", [RESPONSES_OK], True, "the Responses API (the URL names it); Chat Completions"),
+    (ENDPOINT + "/responses", "auto", [RESPONSES_NO_PATH], False, None),
+])
+def test_the_apis_an_endpoint_speaks_and_the_upstream_api_to_set(endpoint, upstream_api, probes, ok, expected):
+    said_ok, line = api_advice(endpoint, upstream_api, probes)
+    assert said_ok is ok
+    if expected is None:
+        assert line is None
+    else:
+        assert line.startswith(expected), line
+
+
+def test_a_base_url_is_asked_in_both_apis_a_full_url_in_its_own():
+    assert probe_urls("http://h/v1?api-version=x") == [("responses", "http://h/v1/responses?api-version=x"),
+                                                      ("chat", "http://h/v1/chat/completions?api-version=x")]
+    assert probe_urls("http://h/d/chat/completions") == [("chat", "http://h/d/chat/completions")]
+    assert probe_urls("http://h/v1/responses/") == [("responses", "http://h/v1/responses")]
+
+
+def test_the_model_reported_is_found_past_a_chunk_that_names_none():
+    azure_first = b'data: {"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[]}\n\n'
+    assert reported_model(azure_first + chat_stream()) == "gpt-fake"
+    assert reported_model(memoryview(responses_stream())) == "gpt-fake"
+    assert reported_model(b"data: [DONE]\n\n") == ""
+
+
+def test_only_a_stream_that_ended_with_an_answer_works():
+    assert works(RESPONSES_OK)
+    assert works(probe(status=200, verdict=StreamVerdict(StreamVerdict.INCOMPLETE, "incomplete")))
+    assert not works(probe(status=200, verdict=StreamVerdict(StreamVerdict.FAILED, "x", error={})))
+    assert not works(probe(status=200)) and not works(CHAT_NO_PATH)
+
+
+def test_the_minimal_requests():
+    assert json.loads(json.dumps(check_request("chat", "m")))["stream_options"] == {"include_usage": True}
+    assert check_request("responses", "m")["max_output_tokens"] == MAX_TOKENS >= 16
