@@ -8,7 +8,7 @@ from typing import Any, FrozenSet, List, NamedTuple, Optional, TextIO, Tuple, Un
 from .errors import UpstreamFailure
 from .http1 import upstream_headers
 from .quirks import KNOWN, refused_parameter, without
-from .replies import json_body, says_no_such_path
+from .replies import NAMES_A_MODEL, json_body, says_no_such_path
 from .routes import OPERATION_NAMES, mask_secrets, operation_url_protocol, redact_url, upstream_url
 from .sse import StreamVerdict, data_json, error_text
 from .upstream import Upstream, json_error
@@ -31,6 +31,8 @@ CHECK_HEADERS = (("Content-Type", "application/json"), ("Accept", "text/event-st
 API_VERSION = re.compile(r"api[-_ ]?version", re.IGNORECASE)
 MESSAGE_LENGTH = 200
 LABEL = "%-14s%s"
+MODEL_FIX = ("check with a model it serves: FORCED_MODEL=NAME python proxy.py --check (on Azure NAME is a deployment's "
+             "name), then set FORCED_MODEL, or the model in your client, to it")
 
 
 class Probe(NamedTuple):
@@ -85,11 +87,6 @@ def _said(probe: Probe) -> str:
     return "HTTP %d%s" % (probe.status or 0, (": " + probe.message) if probe.message else "")
 
 
-def _model_fix() -> str:
-    return ("check with a model it serves: FORCED_MODEL=NAME python proxy.py --check (on Azure NAME is a deployment's "
-            "name), then set FORCED_MODEL, or the model in your client, to it")
-
-
 def _key_cause(probe: Probe, api_key: str) -> str:
     refused = "the upstream refused the credentials (%s)" % _said(probe)
     if not api_key:
@@ -101,11 +98,11 @@ def _key_cause(probe: Probe, api_key: str) -> str:
 
 def _not_found_cause(probe: Probe, endpoint: str, model: str) -> str:
     path = urllib.parse.urlsplit(endpoint).path
-    if not refuted(probe) and re.search(r"model|deployment", probe.message, re.IGNORECASE):
+    if not refuted(probe) and NAMES_A_MODEL.search(probe.message):
         if "/deployments/" in path:
             return ("Azure has no such deployment (%s); check the deployment name in AZURE_ENDPOINT "
                     "(.../openai/deployments/NAME/...: the Azure portal lists them)" % _said(probe))
-        return "the upstream has no model %s (%s); %s" % (model, _said(probe), _model_fix())
+        return "the upstream has no model %s (%s); %s" % (model, _said(probe), MODEL_FIX)
     query = " (or its api-version)" if "api-version" in urllib.parse.urlsplit(endpoint).query else ""
     return ("the upstream has no %s (%s); check the path%s in AZURE_ENDPOINT: a base URL such as "
             "https://NAME.openai.azure.com/openai/v1 or https://api.openai.com/v1, or a full .../chat/completions "
@@ -132,7 +129,7 @@ def _status_cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
         return ("the upstream answered with JSON, not a stream; clients such as Codex need a stream: check that "
                 "AZURE_ENDPOINT is an OpenAI-compatible API that streams")
     return "the upstream refused the check's request (%s); the message says what it wants (often another model: %s)" % (
-        _said(probe), _model_fix())
+        _said(probe), MODEL_FIX)
 
 
 def cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
@@ -168,7 +165,7 @@ def cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
         if error.get("code") == "invalid_api_key":
             return _key_cause(probe._replace(status=401, message=error_text(error)), api_key)
         if error.get("code") == "model_not_found":
-            return "the upstream has no model %s (%s); %s" % (model, error_text(error), _model_fix())
+            return "the upstream has no model %s (%s); %s" % (model, error_text(error), MODEL_FIX)
         return "the upstream ended the answer with an error (%s); the message says what to change" % error_text(error)
     if probe.verdict is not None:
         return "the stream did not end properly (%s); check again (the proxy retries this)" % probe.verdict.detail
@@ -270,7 +267,8 @@ def report(config: Any, model: str, probes: List[Probe]) -> Tuple[str, int]:
     lines = [LABEL % ("endpoint", "%s (%s, UPSTREAM_API=%s)" % (redact_url(config.endpoint), kind,
                                                                config.upstream_api)),
              LABEL % ("model", chosen),
-             LABEL % ("key", "AZURE_API_KEY is set" if config.api_key else "AZURE_API_KEY is empty: no key is sent"),
+             LABEL % ("key", "AZURE_API_KEY is set" if config.api_key else
+                      "AZURE_API_KEY is empty: the check sends no key (the proxy passes the client's own)"),
              ""]
     for probe in probes:
         lines += _probe_lines(probe)

@@ -9,6 +9,7 @@ and tested as data.
 
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -188,6 +189,26 @@ def test_the_real_script_checks_and_exits_0(upstream, taken_port):
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.endswith("check passed\n") and result.stderr == ""
     assert KEY not in result.stdout and upstream.requests[0].headers["api-key"] == KEY
+
+
+def readme_examples():
+    with open(os.path.join(os.path.dirname(os.path.abspath(proxy.__file__)), "README.md"), encoding="utf-8") as handle:
+        section = handle.read().split("\n### --check\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n\$ python proxy.py --check\n(.*?)```", section, re.DOTALL)
+
+
+def as_documented(out, port):
+    """The output as README shows it: the upstream on port 8080, the times of that run."""
+    return re.sub(r"\d+\.\d{3} s", "T s", out.replace("127.0.0.1:%d" % port, "127.0.0.1:8080").replace(
+        "127.0.0.1 port %d" % port, "127.0.0.1 port 8080"))
+
+
+def test_the_readme_examples_are_what_the_check_prints(chat_upstream, closed_port, check):
+    passed, failed = readme_examples()
+    code, out, _ = check(chat_upstream.url + "/v1")
+    assert code == 0 and as_documented(out, chat_upstream.port) == as_documented(passed, 8080)
+    code, out, _ = check("http://127.0.0.1:%d/v1" % closed_port)
+    assert code == 1 and as_documented(out, closed_port) == as_documented(failed, 8080)
 
 
 # ---------------------------------------------------------------------------
