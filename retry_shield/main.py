@@ -190,7 +190,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     for message in ([warning] if warning else []) + config_warnings(config):
         logger.warning("%s", message)
     if build_arg_parser().parse_args(argv).check:
-        return run_check(config, sys.stdout)
+        try:
+            return run_check(config, sys.stdout)
+        except KeyboardInterrupt:  # no stop signals are handled without a server: Ctrl-C lands here
+            sys.stderr.write("proxy.py: check interrupted\n")
+            return exit_code(signal.SIGINT)
     try:
         server = _listen(config)
     except ConfigError as exc:

@@ -10,10 +10,12 @@ and tested as data.
 import json
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import time
 
 import pytest
 import trustme
@@ -22,7 +24,8 @@ import proxy
 from retry_shield.check import (DEFAULT_MODEL, MAX_TOKENS, Probe, api_advice, cause, check_request, probe_urls,
                                 reported_model, works)
 from retry_shield.sse import StreamVerdict
-from tests.fake_upstream import FakeUpstream, chat_stream, cut, good, no_terminator, raw, responses_stream, status
+from tests.fake_upstream import (FakeUpstream, chat_stream, cut, good, no_terminator, raw, responses_stream, stall,
+                                 status)
 from tests.helpers import main_in_process
 from tests.test_mistakes import UNRESOLVABLE, invalid_does_not_resolve  # noqa: F401 - a fixture
 
@@ -209,6 +212,23 @@ def test_the_readme_examples_are_what_the_check_prints(chat_upstream, closed_por
     assert code == 0 and as_documented(out, chat_upstream.port) == as_documented(passed, 8080)
     code, out, _ = check("http://127.0.0.1:%d/v1" % closed_port)
     assert code == 1 and as_documented(out, closed_port) == as_documented(failed, 8080)
+
+
+def test_ctrl_c_during_a_check_is_one_line_and_exit_130(upstream, taken_port):
+    upstream.plan(stall(60.0))
+    env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(taken_port))
+    process = subprocess.Popen([sys.executable, proxy.__file__, "--env-file", os.devnull, "--check"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not upstream.requests and time.monotonic() < deadline:  # the check is waiting for its answer
+            time.sleep(0.02)
+        assert upstream.requests, "the check never reached the upstream"
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130 and err == "proxy.py: check interrupted\n" and out == ""
 
 
 # ---------------------------------------------------------------------------
