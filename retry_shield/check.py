@@ -151,6 +151,10 @@ def cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
     if probe.kind == "timeout":
         return ("%s did not answer in time (%s); check the host and port in AZURE_ENDPOINT (a firewall may drop the "
                 "connection), or raise CONNECT_TIMEOUT and UPSTREAM_TIMEOUT for a slow upstream" % (where, detail))
+    if probe.kind == "reset":
+        return ("%s closed the connection without an answer (%s); check the scheme and port in AZURE_ENDPOINT "
+                "(some servers close a plain http:// request to their TLS port so), else check again (the proxy "
+                "retries this)" % (where, detail))
     if probe.kind in ("tls", "wrong_api", "too_large"):
         return detail  # already a cause and its fix
     if probe.kind in ("cut", "unterminated"):
@@ -171,7 +175,7 @@ def cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
         return "the stream did not end properly (%s); check again (the proxy retries this)" % probe.verdict.detail
     if probe.status is not None:
         return _status_cause(probe, endpoint, api_key, model)
-    return detail
+    return "%s; check AZURE_ENDPOINT, then check again" % detail
 
 
 def api_advice(endpoint: str, upstream_api: str, probes: List[Probe]) -> Tuple[bool, Optional[str]]:

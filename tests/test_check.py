@@ -24,8 +24,8 @@ import proxy
 from retry_shield.check import (DEFAULT_MODEL, MAX_TOKENS, Probe, api_advice, cause, check_request, probe_urls,
                                 reported_model, works)
 from retry_shield.sse import StreamVerdict
-from tests.fake_upstream import (FakeUpstream, chat_stream, cut, good, no_terminator, raw, responses_stream, stall,
-                                 status)
+from tests.fake_upstream import (FakeUpstream, chat_stream, cut, good, no_terminator, raw, reset, responses_stream,
+                                 stall, status)
 from tests.helpers import main_in_process
 from tests.test_mistakes import UNRESOLVABLE, invalid_does_not_resolve  # noqa: F401 - a fixture
 
@@ -341,6 +341,14 @@ def test_a_stream_that_did_not_end_properly_fails(upstream, check, outcome, show
     assert "something in between" in last_line(out)
 
 
+def test_a_connection_closed_without_an_answer_names_the_scheme_and_port(upstream, check):
+    upstream.plan(reset())
+    code, out, _ = check(upstream.url + "/v1/responses")
+    assert code == 1, out
+    assert last_line(out).startswith("check failed: 127.0.0.1 port %d closed the connection without an answer ("
+                                     % upstream.port), out
+
+
 def test_a_server_error_says_the_upstream_is_failing(upstream, check):
     upstream.plan(status(503))
     code, out, _ = check(upstream.url + "/v1/chat/completions")
@@ -415,6 +423,9 @@ NO_PATH = {"status": 404, "message": "Invalid URL (POST /v1/responses)"}
                                                                                "message": "no such model"})),
      "the upstream has no model gpt-5 (model_not_found: no such model)"),
     (probe(kind="wrong_api", detail="the upstream answered ...; set UPSTREAM_API=chat"), "set UPSTREAM_API=chat"),
+    (probe(kind="reset", detail="connection lost before the answer: Connection reset by peer"),
+     "res.openai.azure.com port 443 closed the connection without an answer (connection lost before the answer: "
+     "Connection reset by peer); check the scheme and port in AZURE_ENDPOINT"),
 ])
 def test_each_failure_has_one_line_naming_its_cause_and_fix(found, expected):
     line = cause(found, ENDPOINT, "a-key-of-some-length", "gpt-5")
