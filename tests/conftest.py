@@ -24,10 +24,10 @@ FAST_SETTINGS = {
 @pytest.fixture
 def environ():
     """os.environ without any setting; whatever the test or a .env file adds is removed afterwards."""
-    names = [setting.env for setting in SETTINGS]
+    names = [setting.env for setting in SETTINGS] + [name for name in os.environ if name.startswith("FALLBACK_")]
     saved = {name: os.environ.pop(name) for name in names if name in os.environ}
     yield os.environ
-    for name in names:
+    for name in names + [name for name in os.environ if name.startswith("FALLBACK_")]:
         os.environ.pop(name, None)
     os.environ.update(saved)
 
