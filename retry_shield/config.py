@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Opt
 from . import __version__
 from .checks import azure_path_warning, misspelled, placeholder_in
 from .errors import ConfigError
-from .failover import Endpoint
+from .endpoints import Endpoint
 from .routes import OPERATION_NAMES, SHORT_KEY, is_loopback_host, operation_url_protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
