@@ -4,6 +4,7 @@ import collections
 import contextlib
 import http.server
 import logging
+import math
 import os
 import socket
 import sys
@@ -152,9 +153,9 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             apis = dict(self._apis)
             active = self._active
             served, failed = list(self._served), list(self._failed)
-        cooling = self.cool_downs.remaining()
+        cooling = self.cool_downs.remaining()  # rounded up: an endpoint still cooling down never shows 0
         endpoints = [{"host": endpoint.host, "served": served[index], "failed": failed[index],
-                      "cooling_down_s": round(cooling[index], 1)} for index, endpoint in enumerate(self.endpoints)]
+                      "cooling_down_s": math.ceil(cooling[index] * 10) / 10} for index, endpoint in enumerate(self.endpoints)]
         return {
             "status": "ok",
             "service": SERVICE_NAME,

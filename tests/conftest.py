@@ -56,6 +56,21 @@ def responses_upstream():
 
 
 @pytest.fixture
+def make_upstream():
+    """make_upstream(speaks=...): one more scripted upstream on a port of its own (a fallback), stopped afterwards."""
+    started = []
+
+    def make(speaks=("responses", "chat")):
+        fake = FakeUpstream(speaks=speaks).start()
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        fake.stop()
+
+
+@pytest.fixture
 def upstream():
     with FakeUpstream() as fake:
         yield fake
