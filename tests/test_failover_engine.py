@@ -185,6 +185,14 @@ def test_after_failures_in_a_row_the_next_attempt_moves_on():
     assert exchange.served_by == "west.test:8443" and endpoints.cool_downs.until()[0] == clock.now - 1 + 60
 
 
+def test_failures_in_a_row_are_counted_per_endpoint_anew_after_a_move():
+    clock = Clock()
+    endpoints = Endpoints(clock, {0: [failure()] * 3, 1: [failure(), good()]})
+    exchange = endpoints.run()
+    assert [index for _, index in endpoints.calls] == [0, 0, 0, 1, 1]  # the fallback's first failure: it stays
+    assert endpoints.asked_waits == [1.0, 2.0, 8.0] and exchange.served_by == "west.test:8443"
+
+
 @pytest.mark.parametrize("answer", [good(status=400), good(status=401), good(status=413),
                                     good(verdict=StreamVerdict.FAILED)],
                          ids=["400", "401 on the primary", "413", "context_length_exceeded"])
