@@ -81,19 +81,21 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         config = self.config
         deadline = started + config.total_timeout
 
-        def attempts_at(prepared: Outbound) -> MakeAttempt:
+        def attempts_at(prepared: Outbound, index: int) -> MakeAttempt:
+            # Every attempt to endpoint ``index`` goes through this one callable: a per-endpoint pacer
+            # (keyed by self.endpoints[index].number) would wait here, right before each attempt.
             return upstream_attempts(self.upstream, prepared, deadline, still_wanted, config.max_attempts,
                                      self.quirks)
 
         def prepared(index: int) -> Tuple[Outbound, MakeAttempt]:
             assert prepare_for is not None
             fallback = prepare_for(self.endpoints[index])
-            return fallback, attempts_at(fallback)
+            return fallback, attempts_at(fallback, index)
 
         route = None
         if len(self.endpoints) > 1 and prepare_for is not None:
             route = Route(self.endpoints, self.cool_downs, self.failover, prepared)
-        return run(Exchange.of(method, path, outbound, started), attempts_at(outbound),
+        return run(Exchange.of(method, path, outbound, started), attempts_at(outbound, 0),
                    waiter(self.stopping, still_wanted), self.retry_policy, self.stopping.is_set, route=route)
 
     def models(self, query: str, client_headers: Sequence[Tuple[str, str]],

@@ -10,7 +10,6 @@ from retry_shield.endpoints import Endpoint
 from retry_shield.errors import ClientError, UpstreamFailure
 from retry_shield.failover import (FAILURES_COOL_DOWN, GIVE_UP, MAX_COOL_DOWN, MOVE, STAY, WAIT_FOR, CoolDowns,
                                    FailoverSettings, Route, after_failure, after_misconfigured, first_free)
-from retry_shield.prepare import Outbound
 from retry_shield.replies import give_up_reply
 from retry_shield.retry import RetryPolicy
 from retry_shield.shield import DELIVERED, FINAL, GAVE_UP, GO, SUMMARY, Exchange, credentials_warning, run, summary
