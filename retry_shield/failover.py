@@ -251,7 +251,8 @@ class Course:
             if step.cool_until is not None else step.why
         if step.action == MOVE:
             return "%s; moving to %s" % (left, self.label(step.endpoint))
-        return "%s; every endpoint is cooling down: waiting %.1f s for %s" % (left, step.wait, self.label(step.endpoint))
+        return "%s; every endpoint is cooling down: waiting %.1f s for %s" % (left, step.wait,
+                                                                             self.label(step.endpoint))
 
     def ending(self, attempts: Sequence[Any], served: bool) -> Tuple[Optional[Outbound], Tuple[str, ...], str]:
         """For the record: the Outbound of the last attempt's endpoint (None: the primary's), the hosts tried

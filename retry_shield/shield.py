@@ -269,8 +269,8 @@ def credentials_warning(exchange: Exchange, config: Any) -> Optional[str]:
         return None
     refused = "the upstream refused the credentials (HTTP %d)" % last.status
     if last.endpoint:  # a fallback's answer: every endpoint refused, this one last
-        return "FALLBACK_%d refused the credentials (HTTP %d), and no other endpoint was free; check FALLBACK_%d_API_KEY" \
-            % (last.endpoint, last.status, last.endpoint)
+        return ("FALLBACK_%d refused the credentials (HTTP %d), and no other endpoint was free; check "
+                "FALLBACK_%d_API_KEY" % (last.endpoint, last.status, last.endpoint))
     if config.api_key:
         return refused + "; check AZURE_API_KEY"
     if config.proxy_api_key:

@@ -131,9 +131,9 @@ class Endpoints:
         self.prepared.append(index)
         if index in self.refuse:
             raise ClientError(400, "n other than 1 is not supported by a Responses upstream")
+        plan = ChatPlan("gpt-asked", frozenset(), {}, frozenset(), {}) if index == 1 else None
         outbound = OUTBOUND._replace(upstream_protocol="chat", url=ENDPOINTS[index].url + "/chat/completions",
-                                     model_sent=ENDPOINTS[index].model or "gpt-sent",
-                                     plan=ChatPlan("gpt-asked", frozenset(), {}, frozenset(), {}) if index == 1 else None)
+                                     model_sent=ENDPOINTS[index].model or "gpt-sent", plan=plan)
         return outbound, self.attempt_at(index)
 
     def wait(self, seconds):
