@@ -58,13 +58,13 @@ def misspelled(keys: Iterable[str], names: Sequence[str]) -> List[Tuple[str, str
     return found
 
 
-def azure_path_warning(endpoint: str) -> Optional[str]:
+def azure_path_warning(endpoint: str, name: str = "AZURE_ENDPOINT") -> Optional[str]:
     """A warning for an Azure host given without its API path (``https://NAME.openai.azure.com``), or None."""
     parts = urllib.parse.urlsplit(endpoint)
     if not (parts.hostname or "").endswith(AZURE_HOSTS) or parts.path.strip("/") not in ("", "openai"):
         return None
     base = redact_url(endpoint).rstrip("/")
     host = redact_url(urllib.parse.urlunsplit((parts.scheme, parts.netloc, "", "", "")))
-    return ("AZURE_ENDPOINT=%s ends before the API path, so requests would go to %s, which Azure does not serve; use "
+    return ("%s=%s ends before the API path, so requests would go to %s, which Azure does not serve; use "
             "%s/openai/v1 (the v1 API), or a deployment URL %s%s" % (
-                base, redact_url(upstream_url(endpoint, "/responses")), host, host, DEPLOYMENT_URL))
+                name, base, redact_url(upstream_url(endpoint, "/responses")), host, host, DEPLOYMENT_URL))

@@ -3,19 +3,23 @@
 import argparse
 import math
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
 
 from . import __version__
 from .checks import azure_path_warning, misspelled, placeholder_in
 from .errors import ConfigError
+from .endpoints import Endpoint
 from .routes import OPERATION_NAMES, SHORT_KEY, is_loopback_host, operation_url_protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ENV_FILE = os.path.join(ROOT, ".env")
 # The settings that have a command-line flag of their own.
 FLAGS = {"HOST": "--host", "PORT": "--port"}
+# A fallback endpoint's settings: FALLBACK_1_ENDPOINT, FALLBACK_2_API_KEY, ...
+FALLBACK_KEY = re.compile(r"FALLBACK_(\d+)_([A-Z_]+)\Z")
 
 
 class EnvFile(NamedTuple):
@@ -56,15 +60,26 @@ class Config:
     env_file: str = DEFAULT_ENV_FILE
     env_keys: Tuple[str, ...] = ()  # the keys read from env_file
     from_flags: Tuple[str, ...] = ()  # the settings given as flags (HOST, PORT)
+    fallbacks: Tuple[Endpoint, ...] = ()  # FALLBACK_1_*, FALLBACK_2_*, ... in order; model: FALLBACK_n_MODEL only
+    failover_after_wait: float = 20.0
+    failover_after_failures: int = 3
 
     @property
     def max_attempts(self) -> int:
         return self.max_retries + 1
 
     @property
+    def endpoints(self) -> Tuple[Endpoint, ...]:
+        """The primary, then the fallbacks, each with the model it is sent (FALLBACK_n_MODEL over FORCED_MODEL)."""
+        primary = Endpoint(0, self.endpoint, self.api_key, self.forced_model, self.upstream_api)
+        return (primary,) + tuple(fallback._replace(model=fallback.model or self.forced_model)
+                                  for fallback in self.fallbacks)
+
+    @property
     def secrets(self) -> Tuple[str, ...]:
         """The keys that must never be written anywhere."""
-        return tuple(key for key in (self.api_key, self.proxy_api_key) if key)
+        keys = (self.api_key, self.proxy_api_key) + tuple(fallback.api_key for fallback in self.fallbacks)
+        return tuple(key for key in keys if key)
 
     def named(self, env: str) -> str:
         """How the user gave setting ``env``: its flag (``--port``) or its name (``PORT``)."""
@@ -187,7 +202,19 @@ SETTINGS = (
     Setting("UPSTREAM_API", "upstream_api", _parse_upstream_api,
             "auto (a full operation URL decides, else the client's own API), chat (the upstream speaks only "
             "Chat Completions: Responses requests are translated) or responses (the reverse)"),
+    Setting("FAILOVER_AFTER_WAIT", "failover_after_wait", _number_parser(float, 0.0),
+            "with fallbacks: an endpoint asking for a longer wait (seconds) is left for the next one"),
+    Setting("FAILOVER_AFTER_FAILURES", "failover_after_failures", _number_parser(int, 1),
+            "with fallbacks: after this many retryable failures in a row an endpoint is left for the next one"),
 )
+# The settings of fallback n, FALLBACK_n_<suffix>: (suffix, Endpoint field, parser, help).
+FALLBACK_SETTINGS = (
+    ("ENDPOINT", "url", _parse_endpoint, "fallback n's URL, as AZURE_ENDPOINT; tried after the primary, in order"),
+    ("API_KEY", "api_key", _parse_text, "its key, as AZURE_API_KEY; empty passes the client's own"),
+    ("MODEL", "model", _parse_text, "the model sent there (wins over FORCED_MODEL)"),
+    ("UPSTREAM_API", "upstream_api", _parse_upstream_api, "the API it speaks, as UPSTREAM_API"),
+)
+FALLBACK_SUFFIXES = tuple(suffix for suffix, _, _, _ in FALLBACK_SETTINGS)
 
 
 def _settings_help() -> str:
@@ -196,7 +223,10 @@ def _settings_help() -> str:
     for setting in SETTINGS:
         default = getattr(defaults, setting.field)
         shown = "" if default in ("", ()) else " [default: %s]" % (default,)
-        lines.append("  %-18s %s%s" % (setting.env, setting.help, shown))
+        lines.append("  %-24s %s%s" % (setting.env, setting.help, shown))
+    lines.append("fallback endpoints (n = 1, 2, ... without a gap; see README, Several endpoints):")
+    for suffix, _, _, text in FALLBACK_SETTINGS:
+        lines.append("  %-24s %s" % ("FALLBACK_n_" + suffix, text))
     return "\n".join(lines)
 
 
@@ -248,9 +278,11 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str], env_file: Option
             values[setting.field] = setting.parse(name, raw)
     fields = {setting.env: setting.field for setting in SETTINGS}
     file_keys = (env_file.keys or ()) if env_file is not None else ()
-    for key, meant in misspelled(file_keys, list(fields)):
-        if fields[meant] not in values:
+    for key, meant in misspelled(file_keys, known_names(file_keys)):
+        is_set = fields[meant] in values if meant in fields else bool(environ.get(meant, "").strip())
+        if not is_set:
             raise ConfigError("%s in %s is not a setting; did you mean %s?" % (key, env_file.label, meant))
+    values["fallbacks"] = _fallbacks(environ, file_keys)
     if "endpoint" not in values:
         if env_file is not None and not env_file.found:
             raise ConfigError("AZURE_ENDPOINT is not set, and there is no .env at %s; copy .env.example there and "
@@ -270,30 +302,83 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str], env_file: Option
         raise ConfigError("%s is reachable from other machines, which could then spend your API key; set "
                           "PROXY_API_KEY to a secret clients must send, or use %s"
                           % (_given(host, config.host, quote=False), _given(host, "127.0.0.1", quote=False)))
-    named = operation_url_protocol(config.endpoint)
-    if config.upstream_api != "auto" and named not in (None, config.upstream_api):
-        raise ConfigError("AZURE_ENDPOINT is a %s URL but UPSTREAM_API=%s; give the endpoint's base URL or its "
-                          "%s URL, or set UPSTREAM_API=auto" % (OPERATION_NAMES[named], config.upstream_api,
-                                                                OPERATION_NAMES[config.upstream_api]))
+    _check_api("AZURE_ENDPOINT", config.endpoint, "UPSTREAM_API", config.upstream_api)
+    for fallback in config.fallbacks:
+        _check_api(fallback.setting("ENDPOINT"), fallback.url, fallback.setting("UPSTREAM_API"), fallback.upstream_api)
     if config.retry_max_delay < config.retry_base_delay:
         raise ConfigError("RETRY_MAX_DELAY=%s is below RETRY_BASE_DELAY=%s; raise RETRY_MAX_DELAY"
                           % (config.retry_max_delay, config.retry_base_delay))
     return config
 
 
+def _check_api(url_name: str, url: str, api_name: str, api: str) -> None:
+    """A URL that names one API with the other API's setting is a contradiction: say which to change."""
+    named = operation_url_protocol(url)
+    if api != "auto" and named not in (None, api):
+        raise ConfigError("%s is a %s URL but %s=%s; give the endpoint's base URL or its %s URL, or set %s=auto"
+                          % (url_name, OPERATION_NAMES[named], api_name, api, OPERATION_NAMES[api], api_name))
+
+
+def known_names(keys: Iterable[str]) -> List[str]:
+    """Every setting's name, with the fallback settings of each number that ``keys`` use (and of the next one),
+    so that FALLBACK_1_ENDPONT is taken for a misspelling and FALLBACK_1_MODEL is not."""
+    numbers = {int(match.group(1)) for match in map(FALLBACK_KEY.match, keys) if match}
+    numbers |= {1, max(numbers, default=0) + 1}
+    return [setting.env for setting in SETTINGS] + ["FALLBACK_%d_%s" % (number, suffix) for number in sorted(numbers)
+                                                    for suffix in FALLBACK_SUFFIXES]
+
+
+def _fallbacks(environ: Mapping[str, str], file_keys: Iterable[str]) -> Tuple[Endpoint, ...]:
+    """FALLBACK_n_* as endpoints 1, 2, ...; an empty value is unset. A setting that is not a fallback's,
+    a number out of order, or a fallback setting without its FALLBACK_n_ENDPOINT is a ConfigError."""
+    given: Dict[int, Dict[str, Tuple[str, str]]] = {}
+    for key in sorted(set(environ) | set(file_keys)):
+        match = FALLBACK_KEY.match(key)
+        value = environ.get(key, "").strip()
+        if match is None or not value:
+            continue
+        number, suffix = match.groups()
+        if suffix not in FALLBACK_SUFFIXES:
+            near = misspelled([suffix], FALLBACK_SUFFIXES)
+            raise ConfigError("%s is not a setting; %s" % (
+                key, "did you mean FALLBACK_%s_%s?" % (number, near[0][1]) if near else
+                "a fallback has FALLBACK_%s_ENDPOINT, _API_KEY, _MODEL and _UPSTREAM_API" % number))
+        if number.startswith("0"):
+            raise ConfigError("%s: fallbacks are numbered from 1 (FALLBACK_1_ENDPOINT, FALLBACK_2_ENDPOINT, ...); "
+                              "rename it" % key)
+        given.setdefault(int(number), {})[suffix] = (key, value)
+    for number, settings in sorted(given.items()):
+        if "ENDPOINT" not in settings:
+            key = min(name for name, _ in settings.values())
+            raise ConfigError("%s is set but FALLBACK_%d_ENDPOINT is not; set FALLBACK_%d_ENDPOINT to that "
+                              "fallback's URL, or remove %s" % (key, number, number, key))
+    fallbacks = []
+    for expected, number in enumerate(sorted(given), 1):
+        if number != expected:
+            raise ConfigError("FALLBACK_%d_ENDPOINT is set but FALLBACK_%d_ENDPOINT is not; number the fallbacks "
+                              "1, 2, 3, ... without a gap" % (number, expected))
+        fields = {field: parse(given[number][suffix][0], given[number][suffix][1])
+                  for suffix, field, parse, _ in FALLBACK_SETTINGS if suffix in given[number]}
+        fallbacks.append(Endpoint(number=number, **fields))
+    return tuple(fallbacks)
+
+
 def config_warnings(config: Config) -> List[str]:
     """Settings that work but are most likely mistakes, each as one line for the log."""
     warnings = []
-    for name, key in (("AZURE_API_KEY", config.api_key), ("PROXY_API_KEY", config.proxy_api_key)):
+    keys = [("AZURE_API_KEY", config.api_key), ("PROXY_API_KEY", config.proxy_api_key)]
+    keys += [(fallback.setting("API_KEY"), fallback.api_key) for fallback in config.fallbacks]
+    for name, key in keys:
         if key and len(key) < SHORT_KEY:
             warnings.append("%s is only %d characters long; check that it is the real key (a key this short "
                             "is easy to guess)" % (name, len(key)))
     label = ".env" if config.env_file == DEFAULT_ENV_FILE else config.env_file
-    for key, meant in misspelled(config.env_keys, [setting.env for setting in SETTINGS]):
+    for key, meant in misspelled(config.env_keys, known_names(config.env_keys)):
         # load_config refused the ones whose setting is missing: the setting is set, this key ignored
         warnings.append("%s in %s is not a setting; did you mean %s? (%s is set, so %s is ignored)"
                         % (key, label, meant, meant, key))
-    path_warning = azure_path_warning(config.endpoint)
-    if path_warning:
-        warnings.append(path_warning)
+    for endpoint in config.endpoints:
+        path_warning = azure_path_warning(endpoint.url, endpoint.setting("ENDPOINT"))
+        if path_warning:
+            warnings.append(path_warning)
     return warnings

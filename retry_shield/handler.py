@@ -1,6 +1,7 @@
 """The HTTP handler: the stdlib's hooks only. It reads a request, asks the pure parts, and sends a Reply."""
 
 import contextlib
+import functools
 import http.server
 import logging
 import socket
@@ -81,12 +82,16 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         config = self.server.config
         try:
             raw = read_request_body(self.rfile, self.headers, config.max_request_bytes)
-            outbound = prepare(operation, split.query, parse_request(raw), raw, self.headers.items(), config)
+            request = parse_request(raw)
+            outbound = prepare(operation, split.query, request, raw, self.headers.items(), config)
         except ClientError as exc:
             self._send(client_error_reply(exc))
             return
+        # A fallback's own request (its URL, protocol, model, key) is made when the request first goes there.
+        prepare_for = functools.partial(prepare, operation, split.query, request, raw, self.headers.items(), config)
         with self.server.in_flight():
-            exchange = self.server.shield(self.command, split.path, outbound, started, self._client_present)
+            exchange = self.server.shield(self.command, split.path, outbound, started, self._client_present,
+                                          prepare_for)
             if exchange.outcome == CLIENT_GONE:
                 self.server.record(exchange)
                 self.close_connection = True

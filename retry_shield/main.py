@@ -136,6 +136,13 @@ def _banner(config: Config, server: ShieldServer) -> None:
     logger.info("upstream API: %s", _api_line(config))
     if config.forced_model:
         logger.info("forced model: %s", config.forced_model)
+    for fallback in config.endpoints[1:]:
+        logger.info("fallback %d: %s%s, model %s, upstream API %s", fallback.number, redact_url(fallback.url),
+                    " (key set)" if fallback.api_key else " (client credentials passed through)",
+                    fallback.model or "as asked", fallback.upstream_api)
+    if config.fallbacks:
+        logger.info("failover: to the next endpoint when one asks to wait over %gs or fails %d times in a row",
+                    config.failover_after_wait, config.failover_after_failures)
     if not is_loopback_host(host):
         logger.warning("listening on %s: other machines can reach this proxy; clients must send PROXY_API_KEY",
                        host)

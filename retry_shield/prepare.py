@@ -2,11 +2,12 @@
 
 import json
 import re
-from typing import Any, Dict, NamedTuple, Sequence, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .chat_request import ChatPlan, to_chat
 from .responses_request import ResponsesPlan, to_responses
 from .errors import ClientError
+from .endpoints import Endpoint
 from .http1 import upstream_headers
 from .replies import json_body
 from .routes import OPERATION_NAMES, upstream_protocol, upstream_url
@@ -53,25 +54,32 @@ def says_stream_once(raw: bytes) -> bool:
 
 
 def prepare(operation: str, query: str, request: Dict[str, Any], raw: bytes,
-            client_headers: Sequence[Tuple[str, str]], config: Any) -> Outbound:
+            client_headers: Sequence[Tuple[str, str]], config: Any, endpoint: Optional[Endpoint] = None) -> Outbound:
     """The upstream request for a client's: always streamed, with FORCED_MODEL, in the upstream's
-    protocol (translated when the two differ), to the mapped URL."""
+    protocol (translated when the two differ), to the mapped URL.
+
+    ``endpoint``: a fallback's, with its own URL, protocol, model and key (None: the primary).
+    """
+    if endpoint is None:
+        url, api_key, model, api = config.endpoint, config.api_key, config.forced_model, config.upstream_api
+    else:
+        url, api_key, model, api = endpoint.url, endpoint.api_key, endpoint.model, endpoint.upstream_api
     client_protocol = PROTOCOL_OF[operation]
-    protocol, guessed = upstream_protocol(client_protocol, config.endpoint, config.upstream_api)
+    protocol, guessed = upstream_protocol(client_protocol, url, api)
     wants_stream = request.get("stream") is True
     model_asked = str(request.get("model", "-"))
     plan = None
     if client_protocol != protocol:
         translated, plan = (to_chat if protocol == "chat" else to_responses)(request)
-        if config.forced_model:
-            translated["model"] = config.forced_model
+        if model:
+            translated["model"] = model
         body = json_body(translated)
-    elif wants_stream and not config.forced_model and says_stream_once(raw):
+    elif wants_stream and not model and says_stream_once(raw):
         body = raw  # Codex's case: nothing to change, so its bytes go as they came (no re-encoding)
     else:
         request = dict(request, stream=True)
-        if config.forced_model:
-            request["model"] = config.forced_model
+        if model:
+            request["model"] = model
         if protocol == "chat" and not wants_stream and "stream_options" not in request:
             request["stream_options"] = {"include_usage": True}  # the assembled answer gets its usage
         body = json_body(request)
@@ -79,11 +87,11 @@ def prepare(operation: str, query: str, request: Dict[str, Any], raw: bytes,
         operation=operation,
         client_protocol=client_protocol,
         upstream_protocol=protocol,
-        url=upstream_url(config.endpoint, OPERATION_NAMES[protocol], query),
+        url=upstream_url(url, OPERATION_NAMES[protocol], query),
         body=body,
-        headers=upstream_headers(client_headers, config.api_key, drop_credentials=bool(config.proxy_api_key)),
+        headers=upstream_headers(client_headers, api_key, drop_credentials=bool(config.proxy_api_key)),
         model_asked=model_asked,
-        model_sent=config.forced_model or model_asked,
+        model_sent=model or model_asked,
         wants_stream=wants_stream,
         guessed=guessed,
         plan=plan,

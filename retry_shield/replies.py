@@ -1,6 +1,7 @@
 """What a client gets: the Reply for each outcome (errors, a delivered answer, a give-up), as data."""
 
 import json
+import math
 import re
 from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -158,6 +159,10 @@ def give_up_reply(failure: UpstreamFailure, attempts: int) -> Reply:
     if failure.kind == "status":
         return Reply(failure.status or 502, failure.headers.get("content-type", JSON), failure.body,
                      passed_headers(list(failure.headers.items())))
+    if failure.kind == "cooling_down":  # with fallbacks: nothing was sent, every endpoint asked for a long wait
+        seconds = max(1, int(math.ceil(failure.wait or 0)))
+        return Reply(503, JSON, json_error_body(failure.detail, "proxy_error", code="cooling_down", attempts=attempts),
+                     [("Retry-After", str(seconds))])
     status = 504 if failure.kind == "timeout" else 502
     message = "upstream failed after %d attempt%s: %s" % (attempts, "" if attempts == 1 else "s", failure.detail)
     return Reply(status, JSON, json_error_body(message, "proxy_error", code=failure.kind, attempts=attempts,

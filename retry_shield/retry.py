@@ -106,13 +106,22 @@ class RetryPolicy:
         """
         if not failure.retryable or attempts_made >= self.max_attempts_for(failure):
             return None
-        if failure.wait is not None:
-            hint: Optional[float] = failure.wait
-        elif failure.kind == "reset" and failure.reused:
-            hint = 0.0
-        else:
-            hint = retry_hint(failure.headers, failure.message)
-        wait = hint if hint is not None else self.backoff(attempts_made - 1)
+        wait = self.wait_after(failure, attempts_made)
         if elapsed + wait >= self.total_timeout:
             return None
         return wait
+
+    def wait_after(self, failure: UpstreamFailure, attempts_made: int) -> float:
+        """The wait before another attempt at the same endpoint: the hint (``asked_wait``), else the backoff."""
+        hint = self.asked_wait(failure)
+        return hint if hint is not None else self.backoff(attempts_made - 1)
+
+    @staticmethod
+    def asked_wait(failure: UpstreamFailure) -> Optional[float]:
+        """The wait asked for before another attempt, or None: the proxy's own (``failure.wait``), none after a
+        kept-alive connection's reset, else the upstream's hint in any form ``retry_hint`` reads."""
+        if failure.wait is not None:
+            return failure.wait
+        if failure.kind == "reset" and failure.reused:
+            return 0.0
+        return retry_hint(failure.headers, failure.message)

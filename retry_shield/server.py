@@ -4,17 +4,20 @@ import collections
 import contextlib
 import http.server
 import logging
+import math
 import os
 import socket
 import sys
 import threading
 import time
 import urllib.parse
-from typing import Any, Callable, Dict, Iterator, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 from . import SERVICE_NAME, __version__
 from .buffers import BufferPool, keep_big_buffers_in_mmap
+from .endpoints import Endpoint
 from .errors import UpstreamFailure
+from .failover import CoolDowns, FailoverSettings, MakeAttempt, Route
 from .handler import ShieldHandler
 from .http1 import upstream_headers
 from .prepare import Outbound
@@ -23,6 +26,9 @@ from .replies import Reply, answer_reply, error_reply
 from .retry import RetryPolicy
 from .routes import Access, check_access, upstream_url
 from .shield import GAVE_UP, SUMMARY, Exchange, credentials_warning, run, summary, upstream_attempts, waiter
+
+# Prepares a client's request for an endpoint (prepare.prepare with the request's own arguments bound).
+PrepareFor = Callable[[Endpoint], Outbound]
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -42,12 +48,17 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self.retry_policy = RetryPolicy.from_config(config)
         self.upstream = Upstream(config)
         self.quirks = Quirks()
+        self.endpoints = config.endpoints  # the primary, then the fallbacks; each attempt goes to one of them
+        self.cool_downs = CoolDowns(len(self.endpoints))
+        self.failover = FailoverSettings(config.failover_after_wait, config.failover_after_failures)
         self.started = time.monotonic()
         self.stopping = threading.Event()  # no new attempt or wait begins
         self.hurry = threading.Event()  # stop_now(): the drain cuts requests in flight short at once
         self._lock = threading.Lock()
         self._counters: Dict[str, int] = collections.Counter()
         self._apis: Dict[str, int] = collections.Counter()  # requests by "client->upstream" protocol
+        self._served = [0] * len(self.endpoints)  # requests answered by each endpoint
+        self._failed = [0] * len(self.endpoints)  # attempts at each endpoint that did not answer the client
         self._active = 0
         super().__init__((config.host, config.port), handler)
 
@@ -61,13 +72,31 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         return check_access(headers, self.config, self.server_address[1], needs_key)
 
     def shield(self, method: str, path: str, outbound: Outbound, started: float,
-               still_wanted: Callable[[], bool]) -> Exchange:
-        """Run the shield for one prepared request; the Exchange holds what to answer."""
+               still_wanted: Callable[[], bool], prepare_for: Optional[PrepareFor] = None) -> Exchange:
+        """Run the shield for one prepared request; the Exchange holds what to answer.
+
+        ``outbound`` is the request for the primary; with fallbacks, ``prepare_for`` makes it for
+        another endpoint when the request first goes there.
+        """
         config = self.config
-        make_attempt = upstream_attempts(self.upstream, outbound, started + config.total_timeout, still_wanted,
-                                         config.max_attempts, self.quirks)
-        return run(Exchange.of(method, path, outbound, started), make_attempt, waiter(self.stopping, still_wanted),
-                   self.retry_policy, self.stopping.is_set)
+        deadline = started + config.total_timeout
+
+        def attempts_at(prepared: Outbound, index: int) -> MakeAttempt:
+            # Every attempt to endpoint ``index`` goes through this one callable: a per-endpoint pacer
+            # (keyed by self.endpoints[index].number) would wait here, right before each attempt.
+            return upstream_attempts(self.upstream, prepared, deadline, still_wanted, config.max_attempts,
+                                     self.quirks)
+
+        def prepared(index: int) -> Tuple[Outbound, MakeAttempt]:
+            assert prepare_for is not None
+            fallback = prepare_for(self.endpoints[index])
+            return fallback, attempts_at(fallback, index)
+
+        route = None
+        if len(self.endpoints) > 1 and prepare_for is not None:
+            route = Route(self.endpoints, self.cool_downs, self.failover, prepared)
+        return run(Exchange.of(method, path, outbound, started), attempts_at(outbound, 0),
+                   waiter(self.stopping, still_wanted), self.retry_policy, self.stopping.is_set, route=route)
 
     def models(self, query: str, client_headers: Sequence[Tuple[str, str]],
                still_wanted: Callable[[], bool]) -> Reply:
@@ -90,6 +119,12 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             self._counters["retries"] += exchange.retries
             self._counters["gave_up"] += exchange.outcome == GAVE_UP
             self._apis[exchange.client_protocol + "->" + exchange.upstream_protocol] += 1
+            served = exchange.attempts[-1] if exchange.served_by else None
+            for attempt in exchange.attempts:
+                if attempt is not served and attempt.kind not in ("client_gone", "stopping"):
+                    self._failed[attempt.endpoint] += 1
+            if served is not None:
+                self._served[served.endpoint] += 1
         logger.info(SUMMARY, *summary(exchange))
         refused = credentials_warning(exchange, self.config)
         if refused:
@@ -119,6 +154,11 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             counters = dict(self._counters)
             apis = dict(self._apis)
             active = self._active
+            served, failed = list(self._served), list(self._failed)
+        cooling = self.cool_downs.remaining()  # rounded up: an endpoint still cooling down never shows 0
+        endpoints = [{"host": endpoint.host, "served": served[index], "failed": failed[index],
+                      "cooling_down_s": math.ceil(cooling[index] * 10) / 10}
+                     for index, endpoint in enumerate(self.endpoints)]
         return {
             "status": "ok",
             "service": SERVICE_NAME,
@@ -133,6 +173,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             "retries": counters.get("retries", 0),
             "gave_up": counters.get("gave_up", 0),
             "in_flight": active,
+            "endpoints": endpoints,
         }
 
     # -- the stdlib's hooks ----------------------------------------------------

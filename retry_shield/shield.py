@@ -5,11 +5,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
 
 from .chat_request import ChatPlan
 from .responses_request import ResponsesPlan
 from .errors import ClientGone, UpstreamFailure
+from .failover import GIVE_UP, MOVE, WAIT_FOR, Course, MakeAttempt, Route
 from .prepare import Outbound
 from .quirks import Quirks, refused_parameter, without
 from .replies import STOPPED, json_body
@@ -30,7 +31,6 @@ CLIENT_GONE = "client_gone"  # the client left first: nothing is answered
 # What a wait between attempts ended in.
 GO, GONE, STOPPING = "go", "gone", "stopping"
 
-MakeAttempt = Callable[[int], UpstreamAnswer]
 Wait = Callable[[float], str]
 
 
@@ -42,6 +42,7 @@ class AttemptRecord(NamedTuple):
     status: Optional[int]
     detail: str
     seconds: float
+    endpoint: int = 0  # its Endpoint.number: 0 the primary, n FALLBACK_n
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class Exchange:
     seconds: float = 0.0
     answer: Optional[UpstreamAnswer] = field(default=None, compare=False, repr=False)
     failure: Optional[UpstreamFailure] = field(default=None, compare=False, repr=False)
+    served_by: str = ""  # the host whose answer the client got (delivered or final); "" when none did
+    tried: Tuple[str, ...] = ()  # the hosts attempted, in order (one entry per stay on an endpoint)
+    failover: bool = False  # fallbacks were configured: the summary line names the hosts
 
     @classmethod
     def of(cls, method: str, path: str, outbound: Outbound, started: float) -> "Exchange":
@@ -83,69 +87,107 @@ class Exchange:
                    client_streamed=outbound.wants_stream, started=started, guessed=outbound.guessed,
                    plan=outbound.plan)
 
+    def sent_to(self, outbound: Outbound) -> "Exchange":
+        """The exchange as sent to another endpoint: its URL, protocol, model and translation plan."""
+        return replace(self, upstream_protocol=outbound.upstream_protocol, endpoint=redact_url(outbound.url),
+                       model_sent=outbound.model_sent, guessed=outbound.guessed, plan=outbound.plan)
+
 
 def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: RetryPolicy,
-        stopping: Callable[[], bool], clock: Callable[[], float] = time.monotonic) -> Exchange:
+        stopping: Callable[[], bool], clock: Callable[[], float] = time.monotonic,
+        route: Optional[Route] = None) -> Exchange:
     """Attempt until an answer can be delivered, the policy gives up, or the client leaves.
 
     ``make_attempt(number)`` returns an UpstreamAnswer or raises UpstreamFailure or
     ClientGone; ``wait(seconds)`` returns GO, GONE or STOPPING; ``stopping()`` says the
     server is stopping: no attempt or wait begins, and a request that has no answer yet ends
-    STOPPED, unless its last failure is final (then it is given up as usual).
+    STOPPED, unless its last failure is final (then it is given up as usual). With a
+    ``route`` (fallbacks configured), ``make_attempt`` is the primary's and the attempts go
+    where the failover decisions say (see ``Course``).
     """
-    attempts = []
+    attempts: List[AttemptRecord] = []
     retries, waited = 0, 0.0
     failure = None
+    course = Course(exchange.endpoint, exchange.started, make_attempt, policy, clock, route)
+
+    def finish(attempts: List[AttemptRecord], retries: int, waited: float, outcome: str, size: int = 0,
+              **fields: Any) -> Exchange:
+        outbound, tried, served_by = course.ending(attempts, outcome in (DELIVERED, FINAL))
+        sent = exchange if outbound is None else exchange.sent_to(outbound)
+        return replace(sent, attempts=tuple(attempts), retries=retries, waited=waited, outcome=outcome, bytes=size,
+                       seconds=clock() - exchange.started, tried=tried, served_by=served_by,
+                       failover=route is not None, **fields)
+
+    step = course.start()
+    if step.action == GIVE_UP:
+        failure = UpstreamFailure("cooling_down", step.why, retryable=False, wait=step.wait)
+        logger.warning("not sent: %s", step.why)
+        return finish(attempts, retries, waited, GAVE_UP, failure=failure)
+    if step.action == WAIT_FOR:
+        logger.warning("%s: waiting %.1f s for %s", step.why, step.wait, course.label(step.endpoint))
+        _, waited, ended = _waited(wait, step.wait, clock, retries, waited)  # a wait before any attempt, no retry
+        if ended != GO:
+            return finish(attempts, retries, waited, STOPPED if ended == STOPPING else CLIENT_GONE,
+                          status=503 if ended == STOPPING else 499)
     while True:
         number = len(attempts) + 1
         if stopping():
-            return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
+            return finish(attempts, retries, waited, STOPPED, failure=failure, status=503)
         began = clock()
+        endpoint = course.current
         try:
-            answer = make_attempt(number)
+            answer = course.attempt(number)
         except ClientGone:
-            attempts.append(AttemptRecord(number, "client_gone", None, "client gone", clock() - began))
-            return _ended(exchange, clock, attempts, retries, waited, CLIENT_GONE, status=499)
+            attempts.append(AttemptRecord(number, "client_gone", None, "client gone", clock() - began, endpoint))
+            return finish(attempts, retries, waited, CLIENT_GONE, status=499)
         except UpstreamFailure as failed:
             failure = failed
-            attempts.append(AttemptRecord(number, failure.kind, failure.status, failure.detail, clock() - began))
+            attempts.append(AttemptRecord(number, failure.kind, failure.status, failure.detail, clock() - began,
+                                          endpoint))
             allowed = max(number, policy.max_attempts_for(failure))  # fewer for some kinds (a name not found)
+            where = course.where(endpoint)
             if failure.retryable and stopping():  # another attempt could help, but none may begin now
                 if failure.kind == "stopping":  # the stop cut this attempt short
-                    logger.warning("attempt %d/%d %s", number, allowed, failure.detail)
+                    logger.warning("attempt %d/%d%s %s", number, allowed, where, failure.detail)
                 else:
-                    logger.warning("attempt %d/%d failed: %s; not retried: the proxy is stopping", number,
-                                   allowed, failure.detail)
-                return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
-            seconds = policy.next_wait(failure, number, clock() - exchange.started)
-            if seconds is None:
-                logger.warning("attempt %d/%d failed: %s; giving up", number, allowed, failure.detail)
-                return _ended(exchange, clock, attempts, retries, waited, GAVE_UP, failure=failure,
+                    logger.warning("attempt %d/%d failed%s: %s; not retried: the proxy is stopping", number,
+                                   allowed, where, failure.detail)
+                return finish(attempts, retries, waited, STOPPED, failure=failure, status=503)
+            step = course.after_failure(failure, number)
+            if step.action == GIVE_UP:
+                logger.warning("attempt %d/%d failed%s: %s; giving up%s", number, allowed, where, failure.detail,
+                               course.because(step))
+                return finish(attempts, retries, waited, GAVE_UP, failure=failure,
                               size=len(failure.body) if failure.kind == "status" else 0)
-            logger.warning("attempt %d/%d failed: %s; retrying in %.1f s", number, allowed, failure.detail,
-                           seconds)
-            retries += 1
-            wait_began = clock()
-            ended = wait(seconds)
-            waited += clock() - wait_began
+            logger.warning("attempt %d/%d failed%s: %s; %s", number, allowed, where, failure.detail,
+                           course.next_words(step))
+            retries, waited, ended = _waited(wait, step.wait, clock, retries, waited, step.action != MOVE)
             if ended == STOPPING:
-                return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
+                return finish(attempts, retries, waited, STOPPED, failure=failure, status=503)
             if ended == GONE:
-                return _ended(exchange, clock, attempts, retries, waited, CLIENT_GONE, status=499)
+                return finish(attempts, retries, waited, CLIENT_GONE, status=499)
             continue
         verdict = answer.verdict
         attempts.append(AttemptRecord(number, "ok", answer.status, verdict.outcome if verdict else "",
-                                      clock() - began))
+                                      clock() - began, endpoint))
+        if course.misconfigured(answer, number):
+            with answer:  # not the client's: its buffer goes back now
+                retries += 1
+            continue
         final = answer.status != 200 or (verdict is not None and verdict.outcome == StreamVerdict.FAILED)
-        return _ended(exchange, clock, attempts, retries, waited, FINAL if final else DELIVERED, answer=answer,
+        return finish(attempts, retries, waited, FINAL if final else DELIVERED, answer=answer,
                       size=len(answer.body), status=answer.status, usage=verdict.usage if verdict else None,
                       verdict=verdict.outcome if verdict else "")
 
 
-def _ended(exchange: Exchange, clock: Callable[[], float], attempts: list, retries: int, waited: float,
-           outcome: str, size: int = 0, **fields: Any) -> Exchange:
-    return replace(exchange, attempts=tuple(attempts), retries=retries, waited=waited, outcome=outcome,
-                   bytes=size, seconds=clock() - exchange.started, **fields)
+def _waited(wait: Wait, seconds: float, clock: Callable[[], float], retries: int, waited: float,
+            waits: bool = True) -> Tuple[int, float, str]:
+    """One more retry, after ``wait(seconds)`` unless it goes elsewhere at once (``waits`` False)."""
+    if not waits:
+        return retries + 1, waited, GO
+    wait_began = clock()
+    ended = wait(seconds)
+    return retries + 1, waited + clock() - wait_began, ended
 
 
 def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, still_wanted: Callable[[], bool],
@@ -200,7 +242,7 @@ def waiter(stopping: threading.Event, still_wanted: Callable[[], bool]) -> Wait:
     return wait
 
 
-SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs model=%s api=%s->%s%s%s"
+SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs model=%s api=%s->%s%s%s%s"
 NOTES = {GAVE_UP: "gave up", CLIENT_GONE: "client gone", STOPPED: "proxy stopping"}
 
 
@@ -213,9 +255,11 @@ def summary(exchange: Exchange) -> Tuple[Any, ...]:
         out = usage.get("output_tokens", usage.get("completion_tokens"))
         tokens = " tokens=%s/%s" % (into, out)
     note = NOTES.get(exchange.outcome, exchange.verdict)
+    hosts = " served_by=%s tried=%s" % (exchange.served_by or "-", ",".join(exchange.tried) or "-") \
+        if exchange.failover else ""
     return (exchange.method, exchange.path, exchange.status, len(exchange.attempts), exchange.bytes,
-            exchange.seconds, exchange.model_sent, exchange.client_protocol, exchange.upstream_protocol, tokens,
-            (" (%s)" % note) if note else "")
+            exchange.seconds, exchange.model_sent, exchange.client_protocol, exchange.upstream_protocol, hosts,
+            tokens, (" (%s)" % note) if note else "")
 
 
 def credentials_warning(exchange: Exchange, config: Any) -> Optional[str]:
@@ -224,6 +268,9 @@ def credentials_warning(exchange: Exchange, config: Any) -> Optional[str]:
     if last is None or last.kind != "ok" or last.status not in (401, 403):
         return None
     refused = "the upstream refused the credentials (HTTP %d)" % last.status
+    if last.endpoint:  # a fallback's answer: every endpoint refused, this one last
+        return ("FALLBACK_%d refused the credentials (HTTP %d), and no other endpoint was free; check "
+                "FALLBACK_%d_API_KEY" % (last.endpoint, last.status, last.endpoint))
     if config.api_key:
         return refused + "; check AZURE_API_KEY"
     if config.proxy_api_key:

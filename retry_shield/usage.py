@@ -42,6 +42,7 @@ def usage_record(exchange: Any, ended_at: float) -> Dict[str, Any]:
 
     ``ended_at`` is the wall-clock time (``time.time()``) the answer was sent. Attempts keep
     their failure kind and status, not their detail: an upstream's message may quote the input.
+    ``served_by`` is the host that answered (None when none did), ``tried`` the hosts attempted in order.
     """
     return {
         "time": iso_time(ended_at),
@@ -60,4 +61,6 @@ def usage_record(exchange: Any, ended_at: float) -> Dict[str, Any]:
         "waited": round(exchange.waited, 3),
         "bytes": exchange.bytes,
         "tokens": token_counts(exchange.usage),
+        "served_by": exchange.served_by or None,  # hosts only: never a path, a query or a key
+        "tried": list(exchange.tried),
     }

@@ -24,10 +24,10 @@ FAST_SETTINGS = {
 @pytest.fixture
 def environ():
     """os.environ without any setting; whatever the test or a .env file adds is removed afterwards."""
-    names = [setting.env for setting in SETTINGS]
+    names = [setting.env for setting in SETTINGS] + [name for name in os.environ if name.startswith("FALLBACK_")]
     saved = {name: os.environ.pop(name) for name in names if name in os.environ}
     yield os.environ
-    for name in names:
+    for name in names + [name for name in os.environ if name.startswith("FALLBACK_")]:
         os.environ.pop(name, None)
     os.environ.update(saved)
 
@@ -53,6 +53,21 @@ def responses_upstream():
     """A scripted upstream that speaks the Responses API only: POST /chat/completions gets a 404, as from real ones."""
     with FakeUpstream(speaks=("responses",)) as fake:
         yield fake
+
+
+@pytest.fixture
+def make_upstream():
+    """make_upstream(speaks=...): one more scripted upstream on a port of its own (a fallback), stopped afterwards."""
+    started = []
+
+    def make(speaks=("responses", "chat")):
+        fake = FakeUpstream(speaks=speaks).start()
+        started.append(fake)
+        return fake
+
+    yield make
+    for fake in started:
+        fake.stop()
 
 
 @pytest.fixture

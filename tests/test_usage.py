@@ -40,7 +40,7 @@ def test_usage_record_of_a_delivered_exchange_after_retries():
                 AttemptRecord(2, "cut", None, "stream ended early", 1.5),
                 AttemptRecord(3, "ok", 200, "completed", 2.0))
     record = usage_record(exchange(attempts=attempts, retries=2, waited=3.25, outcome="delivered", status=200,
-                                   bytes=5000, seconds=7.0004,
+                                   bytes=5000, seconds=7.0004, served_by="example.test", tried=("example.test",),
                                    usage={"prompt_tokens": 7, "completion_tokens": 3}), 0.0)
     assert record == {
         "time": "1970-01-01T00:00:00.000Z", "path": "/v1/responses", "client_api": "responses",
@@ -51,6 +51,7 @@ def test_usage_record_of_a_delivered_exchange_after_retries():
                      {"kind": "ok", "status": 200, "seconds": 2.0}],
         "retries": 2, "seconds": 7.0, "waited": 3.25, "bytes": 5000,
         "tokens": {"input": 7, "output": 3, "cached": None, "reasoning": None},
+        "served_by": "example.test", "tried": ["example.test"],
     }
     assert "SECRET PROMPT" not in json.dumps(record)
 
@@ -59,3 +60,15 @@ def test_usage_record_of_a_client_that_left():
     record = usage_record(exchange(attempts=(AttemptRecord(1, "client_gone", None, "client gone", 0.5),),
                                    outcome="client_gone", status=499, seconds=0.5), 0.0)
     assert (record["outcome"], record["status"], record["tokens"]) == ("client_gone", 499, None)
+
+
+def test_usage_record_names_the_hosts_tried_and_the_one_that_served():
+    attempts = (AttemptRecord(1, "status", 429, "HTTP 429", 0.1), AttemptRecord(2, "ok", 200, "completed", 1.0, 1))
+    record = usage_record(exchange(attempts=attempts, outcome="delivered", status=200, failover=True,
+                                   served_by="west.example.test:8443", tried=("east.example.test",
+                                                                             "west.example.test:8443")), 0.0)
+    assert record["served_by"] == "west.example.test:8443"
+    assert record["tried"] == ["east.example.test", "west.example.test:8443"]
+    gone = usage_record(exchange(attempts=attempts[:1], outcome="client_gone", status=499, tried=("east.example.test",)),
+                        0.0)
+    assert gone["served_by"] is None and gone["tried"] == ["east.example.test"]

@@ -1,0 +1,251 @@
+"""Fallback endpoints end to end: the real proxy in front of several scripted upstreams on loopback at once."""
+
+import json
+import logging
+import time
+
+import pytest
+
+from retry_shield.config import load_config
+from retry_shield.errors import ConfigError
+from tests.fake_upstream import failed, good, status
+from tests.helpers import assert_one_line_error, main_in_process, post, request
+
+PRIMARY_KEY = "primary-key-0123456789"
+FALLBACK_KEY = "fallback-key-9876543210"
+CODEX_LIKE = {"model": "gpt-5.5", "input": "hi", "stream": True}
+
+
+def busy(seconds):
+    return status(429, headers={"Retry-After": str(seconds)})
+
+
+def health(shield):
+    return json.loads(request(shield.port, "GET", "/health", body=None)[2])
+
+
+def events_of(body):
+    return [json.loads(line[len(b"data: "):]) for line in body.split(b"\n") if line.startswith(b"data: {")]
+
+
+def text_of(body):
+    """The text of a Responses stream's completed response."""
+    completed = [event for event in events_of(body) if event.get("type") == "response.completed"]
+    assert len(completed) == 1, body[:500]
+    return "".join(part["text"] for item in completed[0]["response"]["output"] if item["type"] == "message"
+                   for part in item["content"])
+
+
+def with_fallbacks(make_proxy, primary, *fallbacks, **settings):
+    for number, fallback in enumerate(fallbacks, 1):
+        settings.setdefault("FALLBACK_%d_ENDPOINT" % number, fallback.url + "/v1")
+    return make_proxy(primary, **settings)
+
+
+def summary_lines(caplog):
+    return [record.getMessage() for record in caplog.records if record.getMessage().startswith("POST /v1/")]
+
+
+def test_a_long_retry_after_moves_to_the_fallback_at_once(upstream, make_upstream, make_proxy, caplog):
+    caplog.set_level(logging.INFO)
+    fallback = make_upstream()
+    upstream.plan(busy(120))
+    fallback.plan(good(text="from the fallback"))
+    shield = with_fallbacks(make_proxy, upstream, fallback)
+    began = time.monotonic()
+    code, _, body = post(shield.port, body=CODEX_LIKE)
+    seconds = time.monotonic() - began
+    assert code == 200 and text_of(body) == "from the fallback"
+    assert (upstream.attempts, fallback.attempts) == (1, 1)
+    assert seconds < 60, seconds  # not the 120 s the primary asked for
+    primary_host, fallback_host = "127.0.0.1:%d" % upstream.port, "127.0.0.1:%d" % fallback.port
+    line, = summary_lines(caplog)
+    assert line.startswith("POST /v1/responses 200 attempts=2 ")
+    assert " served_by=%s tried=%s,%s " % (fallback_host, primary_host, fallback_host) in line
+    assert "it asks to wait 120 s (over FAILOVER_AFTER_WAIT=20)" in caplog.text
+    endpoints = health(shield)["endpoints"]
+    assert [(entry["host"], entry["served"], entry["failed"]) for entry in endpoints] == [
+        (primary_host, 0, 1), (fallback_host, 1, 0)]
+    assert 100 < endpoints[0]["cooling_down_s"] <= 120 and endpoints[1]["cooling_down_s"] == 0
+
+
+def test_failures_in_a_row_move_on(upstream, make_upstream, make_proxy):
+    fallback = make_upstream()
+    upstream.plan(status(503))
+    shield = with_fallbacks(make_proxy, upstream, fallback, FAILOVER_AFTER_FAILURES="2")
+    code, _, body = post(shield.port, body=CODEX_LIKE)
+    assert code == 200 and (upstream.attempts, fallback.attempts) == (2, 1)
+    assert health(shield)["endpoints"][0]["cooling_down_s"] > 50  # 60 s after failures in a row
+
+
+@pytest.mark.parametrize("answer", [status(400), status(401), status(413), failed(code="context_length_exceeded")],
+                         ids=["400", "401 on the primary", "413", "context_length_exceeded"])
+def test_a_final_answer_never_fails_over(upstream, make_upstream, make_proxy, answer):
+    fallback = make_upstream()
+    upstream.plan(answer)
+    shield = with_fallbacks(make_proxy, upstream, fallback)
+    code, _, body = post(shield.port, body=CODEX_LIKE)
+    assert (upstream.attempts, fallback.attempts) == (1, 0)
+    assert code == (answer.status if answer.kind == "status" else 200)
+    assert [entry["cooling_down_s"] for entry in health(shield)["endpoints"]] == [0, 0]
+
+
+def test_the_cool_down_is_shared_across_requests_and_the_primary_comes_back_after_it(upstream, make_upstream,
+                                                                                      make_proxy):
+    fallback = make_upstream()
+    upstream.plan(busy(1), good(text="primary again"))
+    fallback.plan(good(text="fallback"))
+    shield = with_fallbacks(make_proxy, upstream, fallback, FAILOVER_AFTER_WAIT="0.5")
+    assert text_of(post(shield.port, body=CODEX_LIKE)[2]) == "fallback"
+    assert text_of(post(shield.port, body=CODEX_LIKE)[2]) == "fallback"  # the next request starts on the fallback
+    assert (upstream.attempts, fallback.attempts) == (1, 2)
+    deadline = time.monotonic() + 10
+    while health(shield)["endpoints"][0]["cooling_down_s"] > 0:  # the 1 s the primary asked for
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert text_of(post(shield.port, body=CODEX_LIKE)[2]) == "primary again"
+    assert (upstream.attempts, fallback.attempts) == (2, 2)
+
+
+def test_each_endpoint_gets_its_own_model_key_and_protocol(make_upstream, make_proxy):
+    """A Responses-only primary and a chat-only fallback: Codex's request is translated for the fallback only,
+    each gets its own model and key, and the answer comes back as a Responses stream."""
+    primary, fallback = make_upstream(speaks=("responses",)), make_upstream(speaks=("chat",))
+    primary.plan(busy(120))
+    fallback.plan(good(text="translated from chat"))
+    shield = with_fallbacks(make_proxy, primary, fallback, AZURE_API_KEY=PRIMARY_KEY, FORCED_MODEL="gpt-primary",
+                            FALLBACK_1_API_KEY=FALLBACK_KEY, FALLBACK_1_MODEL="dep-west",
+                            FALLBACK_1_UPSTREAM_API="chat")
+    code, headers, body = post(shield.port, body=CODEX_LIKE, headers={"Authorization": "Bearer client-dummy"})
+    assert code == 200 and headers["content-type"].startswith("text/event-stream")
+    assert text_of(body) == "translated from chat"
+    to_primary, = primary.requests
+    to_fallback, = fallback.requests
+    assert (to_primary.path, to_primary.json["model"]) == ("/v1/responses", "gpt-primary")
+    assert (to_fallback.path, to_fallback.json["model"]) == ("/v1/chat/completions", "dep-west")
+    assert to_fallback.json["messages"] == [{"role": "user", "content": "hi"}]
+    assert (to_primary.headers["api-key"], to_primary.headers["authorization"]) == (PRIMARY_KEY,
+                                                                                    "Bearer " + PRIMARY_KEY)
+    assert (to_fallback.headers["api-key"], to_fallback.headers["authorization"]) == (FALLBACK_KEY,
+                                                                                      "Bearer " + FALLBACK_KEY)
+    assert FALLBACK_KEY not in json.dumps(to_primary.headers) and PRIMARY_KEY not in json.dumps(to_fallback.headers)
+    assert "client-dummy" not in json.dumps(to_primary.headers) + json.dumps(to_fallback.headers)
+
+
+def test_a_fallback_without_a_key_gets_the_client_s_credentials_never_the_primary_s(upstream, make_upstream,
+                                                                                     make_proxy):
+    fallback = make_upstream()
+    upstream.plan(busy(120))
+    shield = with_fallbacks(make_proxy, upstream, fallback, AZURE_API_KEY=PRIMARY_KEY, FALLBACK_1_API_KEY="")
+    assert post(shield.port, body=CODEX_LIKE, headers={"Authorization": "Bearer client-own-key"})[0] == 200
+    seen = fallback.requests[-1].headers
+    assert seen["authorization"] == "Bearer client-own-key" and "api-key" not in seen
+    assert PRIMARY_KEY not in json.dumps(seen)
+
+
+def test_a_misconfigured_fallback_is_named_cooled_down_and_skipped(upstream, make_upstream, make_proxy, caplog):
+    first, second = make_upstream(), make_upstream()
+    upstream.plan(busy(120))
+    first.plan(status(401))
+    second.plan(good(text="from the second"))
+    shield = with_fallbacks(make_proxy, upstream, first, second, FALLBACK_1_API_KEY=FALLBACK_KEY)
+    code, _, body = post(shield.port, body=CODEX_LIKE)
+    assert code == 200 and text_of(body) == "from the second"
+    assert "FALLBACK_1 (127.0.0.1:%d) answered HTTP 401: that fallback is misconfigured (check FALLBACK_1_API_KEY); " \
+        "it cools down for 60 s" % first.port in caplog.text
+    assert FALLBACK_KEY not in caplog.text
+    assert health(shield)["endpoints"][1]["cooling_down_s"] > 50
+    # the next request starts on the second: the primary and the first are cooling down, so not asked
+    code, _, _ = post(shield.port, body=CODEX_LIKE)
+    assert code == 200 and (upstream.attempts, first.attempts, second.attempts) == (1, 1, 2)
+
+
+def test_a_misconfigured_last_fallback_s_answer_reaches_the_client(upstream, make_upstream, make_proxy, caplog):
+    fallback = make_upstream()
+    upstream.plan(busy(120))
+    fallback.plan(status(404))
+    shield = with_fallbacks(make_proxy, upstream, fallback)
+    assert post(shield.port, body=CODEX_LIKE)[0] == 404
+    assert "no other endpoint is free, so the client gets this answer" in caplog.text
+
+
+def test_every_endpoint_cooling_down(upstream, make_upstream, make_proxy):
+    fallback = make_upstream()
+    upstream.plan(busy(120))
+    fallback.plan(busy(300))
+    shield = with_fallbacks(make_proxy, upstream, fallback)
+    code, headers, _ = post(shield.port, body=CODEX_LIKE)
+    assert code == 429 and headers["retry-after"] == "300"  # the last upstream's answer: nothing frees in time
+    assert (upstream.attempts, fallback.attempts) == (1, 1)
+    code, headers, body = post(shield.port, body=CODEX_LIKE)  # nothing is sent while every endpoint cools down
+    assert code == 503 and json.loads(body)["error"]["code"] == "cooling_down"
+    assert 100 < int(headers["retry-after"]) <= 120
+    assert (upstream.attempts, fallback.attempts) == (1, 1)
+
+
+def test_without_fallbacks_the_summary_line_is_today_s_and_health_lists_one_endpoint(upstream, make_proxy, caplog):
+    caplog.set_level(logging.INFO)
+    upstream.plan(status(503), good())
+    shield = make_proxy(upstream)
+    assert post(shield.port, body=CODEX_LIKE)[0] == 200
+    line, = summary_lines(caplog)
+    assert "served_by" not in line and "tried" not in line
+    assert "failed: HTTP 503" in caplog.text and " on 127.0.0.1" not in caplog.text
+    entry, = health(shield)["endpoints"]
+    assert entry == {"host": "127.0.0.1:%d" % upstream.port, "served": 1, "failed": 1, "cooling_down_s": 0}
+
+
+# -- settings ---------------------------------------------------------------------------------------------------------
+
+ENDPOINT = "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"FALLBACK_2_ENDPOINT": "http://127.0.0.1:10/v1"}, "FALLBACK_2_ENDPOINT is set but FALLBACK_1_ENDPOINT is not"),
+    ({"FALLBACK_1_API_KEY": "k" * 20}, "FALLBACK_1_API_KEY is set but FALLBACK_1_ENDPOINT is not"),
+    ({"FALLBACK_1_ENDPOINT": "http://127.0.0.1:10/v1", "FALLBACK_2_MODEL": "m"},
+     "FALLBACK_2_MODEL is set but FALLBACK_2_ENDPOINT is not"),
+    ({"FALLBACK_1_ENDPOINT": "not a url"}, "FALLBACK_1_ENDPOINT='not a url' is not an http(s) URL"),
+    ({"FALLBACK_1_ENDPOINT": "https://YOUR-RESOURCE.openai.azure.com/openai/v1"},
+     "FALLBACK_1_ENDPOINT still holds the placeholder"),
+    ({"FALLBACK_1_ENDPONT": "http://127.0.0.1:10/v1"}, "did you mean FALLBACK_1_ENDPOINT?"),
+    ({"FALLBACK_0_ENDPOINT": "http://127.0.0.1:10/v1"}, "fallbacks are numbered from 1"),
+    ({"FALLBACK_1_ENDPOINT": "http://127.0.0.1:10/v1", "FALLBACK_1_UPSTREAM_API": "soap"},
+     "FALLBACK_1_UPSTREAM_API='soap' is not an API"),
+    ({"FALLBACK_1_ENDPOINT": "http://h.test/v1/chat/completions", "FALLBACK_1_UPSTREAM_API": "responses"},
+     "FALLBACK_1_ENDPOINT is a /chat/completions URL but FALLBACK_1_UPSTREAM_API=responses"),
+    ({"FAILOVER_AFTER_FAILURES": "0"}, "FAILOVER_AFTER_FAILURES='0' is not valid"),
+], ids=["gap", "key without endpoint", "model without endpoint", "not a URL", "placeholder", "misspelled", "zero",
+        "bad api", "api contradicts url", "failures zero"])
+def test_a_bad_fallback_setting_stops_start_up_with_one_line(environ, taken_port, capsys, settings, named):
+    environ.update(AZURE_ENDPOINT=ENDPOINT, PORT=str(taken_port), **settings)
+    code, _, err = main_in_process([], capsys)
+    assert_one_line_error(code, err, named)
+
+
+def test_a_misspelled_fallback_key_in_env_is_named(environ, taken_port, capsys, tmp_path):
+    env_file = tmp_path / "fallbacks.env"
+    env_file.write_text("AZURE_ENDPOINT=%s\nPORT=%d\nFALLBACK_1_ENDPOINT=http://127.0.0.1:10/v1\n"
+                        "FALLBACK_1_API_KEYS=abcdefghijkl\n" % (ENDPOINT, taken_port))
+    code, _, err = main_in_process(["--env-file", str(env_file)], capsys)
+    assert_one_line_error(code, err, "FALLBACK_1_API_KEYS", "did you mean FALLBACK_1_API_KEY?")
+
+
+def test_fallback_settings_are_read_in_order_and_empty_means_unset():
+    config = load_config([], {"AZURE_ENDPOINT": ENDPOINT, "FORCED_MODEL": "gpt-all", "AZURE_API_KEY": PRIMARY_KEY,
+                              "FALLBACK_1_ENDPOINT": "http://127.0.0.1:10/v1", "FALLBACK_1_MODEL": "dep-1",
+                              "FALLBACK_1_API_KEY": FALLBACK_KEY,
+                              "FALLBACK_2_ENDPOINT": "http://127.0.0.1:11/v1/chat/completions",
+                              "FALLBACK_2_MODEL": " ", "FALLBACK_3_ENDPOINT": "", "FALLBACK_3_MODEL": ""})
+    primary, first, second = config.endpoints
+    assert (primary.url, primary.api_key, primary.model) == (ENDPOINT, PRIMARY_KEY, "gpt-all")
+    assert (first.number, first.model, first.api_key, first.upstream_api) == (1, "dep-1", FALLBACK_KEY, "auto")
+    assert (second.number, second.model, second.api_key) == (2, "gpt-all", "")  # FORCED_MODEL where none is given
+    assert FALLBACK_KEY in config.secrets and PRIMARY_KEY in config.secrets
+
+
+def test_without_fallbacks_nothing_changes_in_the_config():
+    config = load_config([], {"AZURE_ENDPOINT": ENDPOINT})
+    assert config.fallbacks == () and len(config.endpoints) == 1
+    with pytest.raises(ConfigError):
+        load_config([], {"AZURE_ENDPOINT": ENDPOINT, "FALLBACK_3_ENDPOINT": ENDPOINT})
