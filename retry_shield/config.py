@@ -53,6 +53,7 @@ class Config:
     allowed_origins: Tuple[str, ...] = ()
     client_timeout: float = 60.0
     upstream_api: str = "auto"
+    usage_log: str = ""
     env_file: str = DEFAULT_ENV_FILE
     env_keys: Tuple[str, ...] = ()  # the keys read from env_file
     from_flags: Tuple[str, ...] = ()  # the settings given as flags (HOST, PORT)
@@ -148,6 +149,10 @@ def _parse_upstream_api(name: str, value: str) -> str:
     return api
 
 
+def _parse_path(name: str, value: str) -> str:
+    return os.path.expanduser(value)
+
+
 def _parse_log_level(name: str, value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -187,6 +192,8 @@ SETTINGS = (
     Setting("UPSTREAM_API", "upstream_api", _parse_upstream_api,
             "auto (a full operation URL decides, else the client's own API), chat (the upstream speaks only "
             "Chat Completions: Responses requests are translated) or responses (the reverse)"),
+    Setting("USAGE_LOG", "usage_log", _parse_path,
+            "file to append one JSON line to per request (what the shield did; --stats reads it); empty: none"),
 )
 
 
@@ -211,6 +218,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", help="port to listen on (overrides PORT)")
     parser.add_argument("--env-file", metavar="PATH", help="read settings from PATH instead of .env beside proxy.py")
     parser.add_argument("--debug", action="store_true", help="log every attempt in detail (LOG_LEVEL=DEBUG)")
+    parser.add_argument("--stats", nargs="?", const="", metavar="FILE",
+                        help="print a summary of the usage log FILE (default: USAGE_LOG) and exit")
+    parser.add_argument("--since", metavar="AGE", help="with --stats: only the requests of the last AGE "
+                        "(90s, 30m, 24h, 7d)")
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     return parser
 
