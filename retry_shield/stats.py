@@ -243,8 +243,8 @@ def render(figures: Mapping[str, Any], source: str, skipped: int = 0) -> str:
     lines = ["%s: %s request%s%s" % (source, "{:,}".format(count), "" if count == 1 else "s",
                                      _span(figures["first"], figures["last"]))]
     if skipped:
-        lines.append("skipped %d line%s that %s not usage records" % (skipped, "" if skipped == 1 else "s",
-                                                                      "is" if skipped == 1 else "are"))
+        lines.append("skipped 1 line that is not a usage record" if skipped == 1 else
+                     "skipped %d lines that are not usage records" % skipped)
     outcomes = dict(figures["outcomes"])
     rows: List[Sequence[Any]] = [("requests", figures["requests"])]
     rows += [("  " + label, outcomes.pop(name)) for name, label in OUTCOMES if outcomes.get(name)]

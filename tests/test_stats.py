@@ -114,6 +114,12 @@ def test_the_summary_of_a_known_log():
     assert render(stats.figures(), "usage.jsonl", skipped) == KNOWN_TEXT
 
 
+def test_one_skipped_line_is_said_in_the_singular():
+    stats, skipped = read_log([b"{", json.dumps(KNOWN[0]).encode()])
+    assert render(stats.figures(), "usage.jsonl", skipped).splitlines()[1] == (
+        "skipped 1 line that is not a usage record")
+
+
 def test_the_summary_of_an_empty_log():
     stats, skipped = read_log([])
     assert render(stats.figures(), "usage.jsonl", skipped) == (
