@@ -220,3 +220,25 @@ def test_requests_finishing_while_the_proxy_stops_have_their_lines(upstream, tmp
     assert [result[0] for result in results] == [200], err
     assert [record["outcome"] for record in records_of(path)] == ["delivered"], err
     assert "usage log: %s" % path in err
+
+
+def test_parallel_requests_give_one_whole_line_each(upstream, make_proxy, tmp_path):
+    """Lines of different lengths from 32 threads at once: each parses, none is lost or doubled."""
+    path = tmp_path / "usage.jsonl"
+    shield = make_proxy(upstream, USAGE_LOG=str(path))
+    models = ["model-%d-%s" % (number, "x" * (number * 37 % 500)) for number in range(256)]
+    codes = []
+
+    def client(names):
+        for name in names:
+            body = json.dumps({"model": name, "input": "hi", "stream": True}).encode()
+            codes.append(request(shield.port, body=body)[0])
+
+    threads = [threading.Thread(target=client, args=(models[start::32],)) for start in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert codes == [200] * 256
+    settled(shield.port)
+    assert sorted(record["model_asked"] for record in records_of(path)) == sorted(models)
