@@ -57,6 +57,7 @@ class Config:
     allowed_origins: Tuple[str, ...] = ()
     client_timeout: float = 60.0
     upstream_api: str = "auto"
+    usage_log: str = ""
     env_file: str = DEFAULT_ENV_FILE
     env_keys: Tuple[str, ...] = ()  # the keys read from env_file
     from_flags: Tuple[str, ...] = ()  # the settings given as flags (HOST, PORT)
@@ -163,6 +164,10 @@ def _parse_upstream_api(name: str, value: str) -> str:
     return api
 
 
+def _parse_path(name: str, value: str) -> str:
+    return os.path.expanduser(value)
+
+
 def _parse_log_level(name: str, value: str) -> str:
     level = value.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -206,6 +211,8 @@ SETTINGS = (
             "with fallbacks: an endpoint asking for a longer wait (seconds) is left for the next one"),
     Setting("FAILOVER_AFTER_FAILURES", "failover_after_failures", _number_parser(int, 1),
             "with fallbacks: after this many retryable failures in a row an endpoint is left for the next one"),
+    Setting("USAGE_LOG", "usage_log", _parse_path,
+            "file to append one JSON line to per request (what the shield did; --stats reads it); empty: none"),
 )
 # The settings of fallback n, FALLBACK_n_<suffix>: (suffix, Endpoint field, parser, help).
 FALLBACK_SETTINGS = (
@@ -244,6 +251,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--check", action="store_true",
                         help="start nothing: send one small streamed request to the upstream with these settings, "
                              "say what came back and what to fix, and exit (0: it works, 1: it does not)")
+    parser.add_argument("--stats", nargs="?", const="", metavar="FILE",
+                        help="print a summary of the usage log FILE (default: USAGE_LOG) and exit")
+    parser.add_argument("--since", metavar="AGE", help="with --stats: only the requests of the last AGE "
+                        "(90s, 30m, 24h, 7d)")
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     return parser
 

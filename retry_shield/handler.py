@@ -59,11 +59,14 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         split = urllib.parse.urlsplit(self.path)
-        is_health = split.path.rstrip("/") == "/health"
+        path = split.path.rstrip("/")
+        is_health = path == "/health"
         if not self._admitted(needs_key=not is_health):
             return
         if is_health:
             self._send(json_reply(200, self.server.health()))
+        elif path == "/stats":
+            self._send(json_reply(200, self.server.stats()))
         elif operation_of(split.path) == "/models":
             self._send(self.server.models(split.query, self.headers.items(), self._client_present))
         else:
@@ -93,14 +96,16 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
             exchange = self.server.shield(self.command, split.path, outbound, started, self._client_present,
                                           prepare_for)
             if exchange.outcome == CLIENT_GONE:
-                self.server.record(exchange)
+                self.server.log_usage(self.server.record(exchange))
                 self.close_connection = True
                 return
             with exchange.answer or contextlib.nullcontext():
                 ids = uuid.uuid4().hex if exchange.plan is not None else ""  # a translation's ids
                 reply = reply_for(exchange, ids, int(time.time()))
-                self.server.record(replace(exchange, status=reply.status))
+                # Counted before sending, so that a client that has its answer finds it in /health and /stats.
+                usage = self.server.record(replace(exchange, status=reply.status))
                 self._send(reply)
+            self.server.log_usage(usage)
 
     def do_OPTIONS(self) -> None:
         """CORS preflight: answered only for origins in ALLOWED_ORIGINS."""

@@ -7,7 +7,8 @@ import signal
 import socket
 import sys
 import threading
-from typing import List, Optional, Tuple
+import time
+from typing import List, Mapping, Optional, Tuple
 
 from . import __version__
 from .check import run_check
@@ -15,6 +16,8 @@ from .config import DEFAULT_ENV_FILE, Config, EnvFile, build_arg_parser, config_
 from .errors import ConfigError
 from .routes import is_loopback_host, mask_secrets, operation_url_protocol, redact_url
 from .server import ShieldServer
+from .stats import parse_since, read_log, render
+from .usage import iso_time
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +131,31 @@ def _watch_signals(signals: StopSignals, server: ShieldServer, received: List[in
     server.stop_now()
 
 
+def stats_command(path: Optional[str], since: Optional[str], environ: Mapping[str, str]) -> int:
+    """``--stats [FILE] [--since AGE]``: print the summary of a usage log (FILE, else USAGE_LOG)."""
+    if path is None:
+        raise ConfigError("--since goes with --stats; run proxy.py --stats --since %s" % since)
+    path = path or os.path.expanduser(environ.get("USAGE_LOG", "").strip())
+    if not path:
+        raise ConfigError("--stats needs a usage log; give its path (--stats FILE) or set USAGE_LOG")
+    cutoff = None
+    if since is not None:
+        try:
+            cutoff = iso_time(time.time() - parse_since(since))
+        except ValueError:
+            raise ConfigError("--since %r is not an age; give a number and a unit: 90s, 30m, 24h or 7d"
+                              % since) from None
+    try:
+        with open(path, "rb") as lines:
+            stats, skipped = read_log(lines, cutoff)
+    except OSError as exc:
+        raise ConfigError("cannot read the usage log %s: %s; give the path of a usage log (--stats FILE or "
+                          "USAGE_LOG)" % (path, exc.strerror or exc)) from None
+    source = path if since is None else "%s, the last %s" % (path, since)
+    sys.stdout.write(render(stats.figures(), source, skipped))
+    return 0
+
+
 def _banner(config: Config, server: ShieldServer) -> None:
     host, port = server.server_address[:2]
     logger.info("retry-shield %s listening on http://%s:%d/v1", __version__, host, port)
@@ -143,6 +171,8 @@ def _banner(config: Config, server: ShieldServer) -> None:
     if config.fallbacks:
         logger.info("failover: to the next endpoint when one asks to wait over %gs or fails %d times in a row",
                     config.failover_after_wait, config.failover_after_failures)
+    if config.usage_log:
+        logger.info("usage log: %s (python proxy.py --stats sums it up)", config.usage_log)
     if not is_loopback_host(host):
         logger.warning("listening on %s: other machines can reach this proxy; clients must send PROXY_API_KEY",
                        host)
@@ -188,6 +218,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         env_file = load_env_file(argv)
+        args = build_arg_parser().parse_args(argv)
+        if args.stats is not None or args.since is not None:
+            return stats_command(args.stats, args.since, os.environ)
         config = load_config(argv, os.environ, env_file)
     except ConfigError as exc:
         sys.stderr.write("proxy.py: error: %s\n" % exc)
@@ -217,5 +250,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         server.server_close()  # refuse new connections while the ones in flight finish
         server.drain(grace=SHUTDOWN_GRACE)
+        server.close_usage_log()  # after the drain: the requests it let finish have their lines
         logger.info("stopped")
     return exit_code(received[0] if received else None)

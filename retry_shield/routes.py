@@ -10,6 +10,7 @@ from typing import Mapping, NamedTuple, Optional, Pattern, Sequence, Tuple
 from .replies import Reply, error_reply
 
 OPERATIONS = ("/responses", "/chat/completions")
+GET_PATHS = ("/health", "/stats")  # the proxy's own pages, besides the upstream's /models
 OPERATION_NAMES = {"responses": "/responses", "chat": "/chat/completions"}
 # A key shorter than this is most likely a placeholder or a typo, and is masked only as a whole value.
 SHORT_KEY = 8
@@ -185,9 +186,9 @@ def _same_key(sent: str, expected: str) -> bool:
 def route_error(method: str, path: str) -> Reply:
     """405 for a known path asked with the wrong method, 404 for any other path."""
     operation = operation_of(path)
-    is_health = path.rstrip("/") == "/health"
-    if is_health or operation is not None:
-        allowed = "GET" if operation == "/models" or is_health else "POST"
+    is_get = path.rstrip("/") in GET_PATHS
+    if is_get or operation is not None:
+        allowed = "GET" if operation == "/models" or is_get else "POST"
         return error_reply(405, "%s is not allowed on %s; use %s" % (method, path, allowed),
                            headers=[("Allow", allowed)], close=True)
     return error_reply(404, "no route %s %s; use POST /v1/responses or /v1/chat/completions" % (method, path),

@@ -29,7 +29,10 @@ from .shield import GAVE_UP, SUMMARY, Exchange, credentials_warning, run, summar
 
 # Prepares a client's request for an endpoint (prepare.prepare with the request's own arguments bound).
 PrepareFor = Callable[[Endpoint], Outbound]
+from .stats import Stats
 from .upstream import Upstream
+from .usage import iso_time, usage_record
+from .usage_log import UsageLog
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,14 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self._served = [0] * len(self.endpoints)  # requests answered by each endpoint
         self._failed = [0] * len(self.endpoints)  # attempts at each endpoint that did not answer the client
         self._active = 0
-        super().__init__((config.host, config.port), handler)
+        self._stats = Stats()  # since start, for /stats
+        self.started_at = time.time()
+        self.usage_log = UsageLog(config.usage_log) if config.usage_log else None  # ConfigError: it cannot open
+        try:
+            super().__init__((config.host, config.port), handler)
+        except OSError:
+            self.close_usage_log()
+            raise
 
     @property
     def buffers(self) -> BufferPool:
@@ -112,8 +122,9 @@ class ShieldServer(http.server.ThreadingHTTPServer):
                                kind="proxy_error")
         return answer_reply(answer, wants_stream=False)
 
-    def record(self, exchange: Exchange) -> None:
-        """Count and log a finished exchange."""
+    def record(self, exchange: Exchange) -> Dict[str, Any]:
+        """Count and log a finished exchange, as its answer is about to be sent; its usage record."""
+        usage = usage_record(exchange, time.time())
         with self._lock:
             self._counters["requests"] += 1
             self._counters["retries"] += exchange.retries
@@ -125,10 +136,17 @@ class ShieldServer(http.server.ThreadingHTTPServer):
                     self._failed[attempt.endpoint] += 1
             if served is not None:
                 self._served[served.endpoint] += 1
+            self._stats.add(usage)
         logger.info(SUMMARY, *summary(exchange))
         refused = credentials_warning(exchange, self.config)
         if refused:
             logger.warning("%s", refused)
+        return usage
+
+    def log_usage(self, usage: Dict[str, Any]) -> None:
+        """Append a usage record to USAGE_LOG, if set, once its answer has been sent (or the client left)."""
+        if self.usage_log is not None:
+            self.usage_log.write(dict(usage, time=iso_time(time.time())))
 
     def count(self, name: str, amount: int = 1) -> None:
         with self._lock:
@@ -176,6 +194,13 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             "endpoints": endpoints,
         }
 
+    def stats(self) -> Dict[str, Any]:
+        """The figures of --stats for the requests since start (GET /stats)."""
+        with self._lock:
+            figures = self._stats.figures()
+        return dict({"since": iso_time(self.started_at), "uptime_s": round(time.monotonic() - self.started, 1)},
+                    **figures)
+
     # -- the stdlib's hooks ----------------------------------------------------
 
     def handle_error(self, request: Any, client_address: Tuple[str, int]) -> None:
@@ -192,8 +217,13 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self.buffers.trim()
 
     def server_close(self) -> None:
+        """Stop listening; requests in flight may still log their usage until ``close_usage_log``."""
         super().server_close()
         self.upstream.close()
+
+    def close_usage_log(self) -> None:
+        if self.usage_log is not None:
+            self.usage_log.close()
 
     def stop_now(self) -> None:
         """End the grace of ``drain`` (running or to come): requests in flight are answered at once."""

@@ -1,7 +1,7 @@
 """The usage record of an Exchange: one JSON-ready dict per request, never a prompt, an answer or a key."""
 
-import datetime
-from typing import Any, Dict, Mapping, Optional
+import time
+from typing import Any, Dict, Optional
 
 # The token counts a record keeps, and where each protocol's usage object has them.
 TOKEN_PATHS = {
@@ -12,29 +12,32 @@ TOKEN_PATHS = {
 }
 
 
-def _count(usage: Mapping[str, Any], path: tuple) -> Optional[int]:
+def _count(usage: Dict[str, Any], path: tuple) -> Optional[int]:
     value: Any = usage
     for key in path:
-        if not isinstance(value, Mapping):
+        if not isinstance(value, dict):  # parsed JSON: a dict, never another Mapping (and ABC checks are slow)
             return None
         value = value.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return value if type(value) is int else None  # not a bool
 
 
-def token_counts(usage: Optional[Mapping[str, Any]]) -> Optional[Dict[str, Optional[int]]]:
+def token_counts(usage: Optional[Dict[str, Any]]) -> Optional[Dict[str, Optional[int]]]:
     """Input, output, cached and reasoning tokens of either protocol's usage object (None: no usage)."""
-    if not isinstance(usage, Mapping):
+    if not isinstance(usage, dict):
         return None
     counts = {}
     for name, paths in TOKEN_PATHS.items():
-        counts[name] = next((found for found in (_count(usage, path) for path in paths) if found is not None), None)
+        found = _count(usage, paths[0])
+        counts[name] = _count(usage, paths[1]) if found is None else found
     return counts
 
 
 def iso_time(wall: float) -> str:
     """UTC, to the millisecond: ``2026-11-30T07:43:43.123Z``."""
-    moment = datetime.datetime.fromtimestamp(wall, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
+    seconds, millis = divmod(int(wall * 1000), 1000)
+    moment = time.gmtime(seconds)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (moment.tm_year, moment.tm_mon, moment.tm_mday, moment.tm_hour,
+                                                   moment.tm_min, moment.tm_sec, millis)
 
 
 def usage_record(exchange: Any, ended_at: float) -> Dict[str, Any]:

@@ -90,6 +90,7 @@ class RunningProxy:
         self.server.shutdown()
         self.server.stopping.set()
         self.server.server_close()
+        self.server.close_usage_log()
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ DEFAULTS = {
     "UPSTREAM_TIMEOUT": 120.0, "MAX_REQUEST_BYTES": 16 * 1024 * 1024, "MAX_RESPONSE_BYTES": 256 * 1024 * 1024,
     "LOG_LEVEL": "INFO", "PROXY_API_KEY": "", "ALLOWED_ORIGINS": (), "CLIENT_TIMEOUT": 60.0,
     "UPSTREAM_API": "auto", "FAILOVER_AFTER_WAIT": 20.0, "FAILOVER_AFTER_FAILURES": 3,
+    "USAGE_LOG": "",
 }
 FIELD = {setting.env: setting.field for setting in SETTINGS}
 
@@ -67,7 +68,8 @@ def test_every_setting_is_read_from_the_environment():
                "RETRY_MAX_DELAY": "4", "TOTAL_TIMEOUT": "50", "CONNECT_TIMEOUT": "2", "UPSTREAM_TIMEOUT": "7",
                "MAX_REQUEST_BYTES": "100", "MAX_RESPONSE_BYTES": "200", "LOG_LEVEL": "debug",
                "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": "http://a.test, http://b.test:3000/", "CLIENT_TIMEOUT": "9",
-               "UPSTREAM_API": "Chat", "FAILOVER_AFTER_WAIT": "5", "FAILOVER_AFTER_FAILURES": "2"}
+               "UPSTREAM_API": "Chat", "FAILOVER_AFTER_WAIT": "5", "FAILOVER_AFTER_FAILURES": "2",
+               "USAGE_LOG": "~/usage.jsonl"}
     assert sorted(environ) == sorted(NAMES)
     config = load_config([], environ)
     assert config.endpoint == "https://x.openai.azure.com/openai/v1"
@@ -76,7 +78,8 @@ def test_every_setting_is_read_from_the_environment():
         "RETRY_BASE_DELAY": 0.5, "RETRY_MAX_DELAY": 4.0, "TOTAL_TIMEOUT": 50.0, "CONNECT_TIMEOUT": 2.0,
         "UPSTREAM_TIMEOUT": 7.0, "MAX_REQUEST_BYTES": 100, "MAX_RESPONSE_BYTES": 200, "LOG_LEVEL": "DEBUG",
         "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": ("http://a.test", "http://b.test:3000"), "CLIENT_TIMEOUT": 9.0,
-        "UPSTREAM_API": "chat", "FAILOVER_AFTER_WAIT": 5.0, "FAILOVER_AFTER_FAILURES": 2}
+        "UPSTREAM_API": "chat", "FAILOVER_AFTER_WAIT": 5.0, "FAILOVER_AFTER_FAILURES": 2,
+        "USAGE_LOG": os.path.expanduser("~/usage.jsonl")}
 
 
 @pytest.mark.parametrize("empty", ["", "   "])
@@ -224,7 +227,7 @@ def test_help_lists_every_setting_with_its_default(environ, capsys):
         else:
             assert "[default:" not in lines[name]
     assert "required" in lines["AZURE_ENDPOINT"]
-    for flag in ("--port", "--host", "--env-file", "--debug", "--version", "--help"):
+    for flag in ("--port", "--host", "--env-file", "--debug", "--stats", "--since", "--version", "--help"):
         assert flag in text
 
 

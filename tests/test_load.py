@@ -1,6 +1,7 @@
 """Load and faults, in sizes fit for the suite (bench/bench.py runs the full-size versions)."""
 
 import gc
+import json
 import logging
 import os
 import socket
@@ -20,13 +21,22 @@ def raw_request(port):
             % (len(REQUEST), REQUEST))
 
 
-def test_a_thousand_clients_at_once_are_all_answered(upstream, make_proxy):
+def test_a_thousand_clients_at_once_are_all_answered_and_logged_whole(upstream, make_proxy, tmp_path):
     upstream.plan(good(delay=1.0))
-    shield = make_proxy(upstream, UPSTREAM_TIMEOUT="30")  # a loaded machine: no retries wanted here
+    usage_log = tmp_path / "usage.jsonl"
+    # A loaded machine: no retries wanted here
+    shield = make_proxy(upstream, UPSTREAM_TIMEOUT="30", USAGE_LOG=str(usage_log))
     answers = held_clients(shield.port, 1000, raw_request(shield.port))
     assert len(answers) == 1000
     assert sum(answer.startswith(b"HTTP/1.1 200") for answer in answers) == 1000
     assert upstream.attempts == 1000
+    # Each usage line is written after its answer: the last ones may still be on their way.
+    deadline = time.monotonic() + 10
+    while shield.server.active and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lines = usage_log.read_bytes().split(b"\n")
+    assert lines.pop() == b""  # the file ends with a whole line
+    assert [json.loads(line)["outcome"] for line in lines] == ["delivered"] * 1000
 
 
 def open_fds():
