@@ -53,6 +53,7 @@ class Config:
     allowed_origins: Tuple[str, ...] = ()
     client_timeout: float = 60.0
     upstream_api: str = "auto"
+    rpm_limit: int = 0
     env_file: str = DEFAULT_ENV_FILE
     env_keys: Tuple[str, ...] = ()  # the keys read from env_file
     from_flags: Tuple[str, ...] = ()  # the settings given as flags (HOST, PORT)
@@ -187,6 +188,9 @@ SETTINGS = (
     Setting("UPSTREAM_API", "upstream_api", _parse_upstream_api,
             "auto (a full operation URL decides, else the client's own API), chat (the upstream speaks only "
             "Chat Completions: Responses requests are translated) or responses (the reverse)"),
+    Setting("RPM_LIMIT", "rpm_limit", _number_parser(int, 0),
+            "requests per minute sent to AZURE_ENDPOINT, evenly paced (a bucket of one second's worth); more wait "
+            "in the proxy in arrival order; 0: no limit (set it a little below the real quota)"),
 )
 
 

@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import functools
 import http.server
 import logging
 import os
@@ -18,6 +19,7 @@ from .errors import UpstreamFailure
 from .handler import ShieldHandler
 from .http1 import upstream_headers
 from .prepare import Outbound
+from .pacing import Pacers
 from .quirks import Quirks
 from .replies import Reply, answer_reply, error_reply
 from .retry import RetryPolicy
@@ -42,6 +44,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self.retry_policy = RetryPolicy.from_config(config)
         self.upstream = Upstream(config)
         self.quirks = Quirks()
+        self.pacers = Pacers()  # per endpoint: RPM_LIMIT and the upstream's rate-limit holds, across requests
         self.started = time.monotonic()
         self.stopping = threading.Event()  # no new attempt or wait begins
         self.hurry = threading.Event()  # stop_now(): the drain cuts requests in flight short at once
@@ -64,10 +67,13 @@ class ShieldServer(http.server.ThreadingHTTPServer):
                still_wanted: Callable[[], bool]) -> Exchange:
         """Run the shield for one prepared request; the Exchange holds what to answer."""
         config = self.config
-        make_attempt = upstream_attempts(self.upstream, outbound, started + config.total_timeout, still_wanted,
-                                         config.max_attempts, self.quirks)
+        deadline = started + config.total_timeout
+        pacer = self.pacers.pacer_for(config.endpoint, config.rpm_limit)
+        make_attempt = upstream_attempts(self.upstream, outbound, deadline, still_wanted, config.max_attempts,
+                                         self.quirks, observe=pacer.observe)
         return run(Exchange.of(method, path, outbound, started), make_attempt, waiter(self.stopping, still_wanted),
-                   self.retry_policy, self.stopping.is_set)
+                   self.retry_policy, self.stopping.is_set,
+                   pace=functools.partial(pacer.wait_turn, started, deadline, still_wanted, self.stopping))
 
     def models(self, query: str, client_headers: Sequence[Tuple[str, str]],
                still_wanted: Callable[[], bool]) -> Reply:
@@ -133,6 +139,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             "retries": counters.get("retries", 0),
             "gave_up": counters.get("gave_up", 0),
             "in_flight": active,
+            "queued": self.pacers.queued,  # of those, waiting for their turn to send (pacing)
         }
 
     # -- the stdlib's hooks ----------------------------------------------------
@@ -158,6 +165,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         """End the grace of ``drain`` (running or to come): requests in flight are answered at once."""
         self.stopping.set()
         self.hurry.set()
+        self.pacers.wake_all()
 
     def drain(self, grace: float) -> None:
         """Let requests in flight finish within ``grace`` seconds (less after ``stop_now``), then cut
@@ -168,6 +176,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         dropped connection.
         """
         self.stopping.set()
+        self.pacers.wake_all()  # requests waiting for their turn end at once, as backoff waits do
         end = time.monotonic() + grace
         while self.active and time.monotonic() < end and not self.hurry.is_set():
             self.hurry.wait(0.05)

@@ -5,7 +5,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple, Union
 
 from .chat_request import ChatPlan
 from .responses_request import ResponsesPlan
@@ -27,11 +27,14 @@ GAVE_UP = "gave_up"  # retries or time ran out, or the failure is final: the las
 CLIENT_GONE = "client_gone"  # the client left first: nothing is answered
 # STOPPED (replies.STOPPED): the proxy is stopping and no attempt may follow: answered 503 proxy_stopping
 
-# What a wait between attempts ended in.
+# What a wait between attempts, or for a turn to send (pacing), ended in.
 GO, GONE, STOPPING = "go", "gone", "stopping"
+TIMEOUT = "timeout"  # pacing only: the turn cannot come within TOTAL_TIMEOUT
 
 MakeAttempt = Callable[[int], UpstreamAnswer]
 Wait = Callable[[float], str]
+Pace = Callable[[], Tuple[str, float]]  # the wait for a turn to send: (GO, GONE, STOPPING or TIMEOUT; seconds)
+Observe = Callable[[Mapping[str, str]], None]  # reads each upstream answer's headers (lower-case names)
 
 
 class AttemptRecord(NamedTuple):
@@ -66,6 +69,7 @@ class Exchange:
     attempts: Tuple[AttemptRecord, ...] = ()
     retries: int = 0  # waits begun before another attempt
     waited: float = 0.0  # seconds spent in those waits
+    queued: float = 0.0  # seconds spent waiting for a turn to send (pacing)
     outcome: str = ""
     status: int = 0  # what the client was answered (499: it left first)
     bytes: int = 0  # of the upstream's answer that decided the outcome
@@ -85,13 +89,16 @@ class Exchange:
 
 
 def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: RetryPolicy,
-        stopping: Callable[[], bool], clock: Callable[[], float] = time.monotonic) -> Exchange:
+        stopping: Callable[[], bool], clock: Callable[[], float] = time.monotonic,
+        pace: Optional[Pace] = None) -> Exchange:
     """Attempt until an answer can be delivered, the policy gives up, or the client leaves.
 
     ``make_attempt(number)`` returns an UpstreamAnswer or raises UpstreamFailure or
     ClientGone; ``wait(seconds)`` returns GO, GONE or STOPPING; ``stopping()`` says the
     server is stopping: no attempt or wait begins, and a request that has no answer yet ends
-    STOPPED, unless its last failure is final (then it is given up as usual).
+    STOPPED, unless its last failure is final (then it is given up as usual). ``pace()``,
+    before every attempt, waits for its turn to send: anything but GO ends the request with
+    nothing more sent (TIMEOUT as a give-up: the last failure, or a "paced" one).
     """
     attempts = []
     retries, waited = 0, 0.0
@@ -100,6 +107,12 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
         number = len(attempts) + 1
         if stopping():
             return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
+        if pace is not None:
+            turn, queued = pace()
+            if queued:
+                exchange = replace(exchange, queued=exchange.queued + queued)
+            if turn != GO:
+                return _unpaced(exchange, clock, attempts, retries, waited, turn, failure, policy.total_timeout)
         began = clock()
         try:
             answer = make_attempt(number)
@@ -142,6 +155,27 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
                       verdict=verdict.outcome if verdict else "")
 
 
+def _unpaced(exchange: Exchange, clock: Callable[[], float], attempts: list, retries: int, waited: float,
+             turn: str, failure: Optional[UpstreamFailure], total_timeout: float) -> Exchange:
+    """The end of a request whose turn to send did not come: nothing more was sent for it."""
+    if turn == GONE:
+        return _ended(exchange, clock, attempts, retries, waited, CLIENT_GONE, status=499)
+    if turn == STOPPING:
+        return _ended(exchange, clock, attempts, retries, waited, STOPPED, failure=failure, status=503)
+    queued = "after %.1f s waiting for its turn" % exchange.queued if exchange.queued else "at once"
+    if failure is None:
+        failure = UpstreamFailure("paced", "nothing was sent upstream: the request's turn (RPM_LIMIT, or the "
+                                  "upstream's x-ratelimit headers) could not come within TOTAL_TIMEOUT (%g s); "
+                                  "given up %s" % (total_timeout, queued), retryable=False)
+        logger.warning("%s", failure.detail)
+    else:
+        logger.warning("attempt %d failed: %s; giving up %s: the next attempt's turn (RPM_LIMIT, or the upstream's "
+                       "x-ratelimit headers) could not come within TOTAL_TIMEOUT", len(attempts), failure.detail,
+                       queued)
+    return _ended(exchange, clock, attempts, retries, waited, GAVE_UP, failure=failure,
+                  size=len(failure.body) if failure.kind == "status" else 0)
+
+
 def _ended(exchange: Exchange, clock: Callable[[], float], attempts: list, retries: int, waited: float,
            outcome: str, size: int = 0, **fields: Any) -> Exchange:
     return replace(exchange, attempts=tuple(attempts), retries=retries, waited=waited, outcome=outcome,
@@ -149,12 +183,13 @@ def _ended(exchange: Exchange, clock: Callable[[], float], attempts: list, retri
 
 
 def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, still_wanted: Callable[[], bool],
-                      max_attempts: int, quirks: Quirks) -> MakeAttempt:
+                      max_attempts: int, quirks: Quirks, observe: Optional[Observe] = None) -> MakeAttempt:
     """``make_attempt`` for ``run``: one POST of ``outbound`` through ``upstream`` per call.
 
     A chat upstream that refuses a parameter the request carries (a 400 naming it) is asked
     again at once without it, and so is every later request to it: ``quirks`` remembers.
     After an attempt lost on a kept-alive connection, the next one opens a new connection.
+    ``observe`` reads the headers of every answer, failed ones too (pacing's rate-limit headers).
     """
     url = outbound.url
     fresh = False
@@ -171,8 +206,12 @@ def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, s
                                       still_wanted, fresh=fresh)
         except UpstreamFailure as failure:
             fresh = failure.reused
+            if observe is not None and failure.headers:
+                observe(failure.headers)
             raise
         fresh = False
+        if observe is not None:
+            observe({name.lower(): value for name, value in answer.headers})
         if outbound.upstream_protocol == "chat" and answer.status == 400:
             name = refused_parameter(answer.status, answer.body, json.loads(body))
             if name is not None and quirks.learn(url, name):
@@ -200,7 +239,7 @@ def waiter(stopping: threading.Event, still_wanted: Callable[[], bool]) -> Wait:
     return wait
 
 
-SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs model=%s api=%s->%s%s%s"
+SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs%s model=%s api=%s->%s%s%s"
 NOTES = {GAVE_UP: "gave up", CLIENT_GONE: "client gone", STOPPED: "proxy stopping"}
 
 
@@ -213,8 +252,9 @@ def summary(exchange: Exchange) -> Tuple[Any, ...]:
         out = usage.get("output_tokens", usage.get("completion_tokens"))
         tokens = " tokens=%s/%s" % (into, out)
     note = NOTES.get(exchange.outcome, exchange.verdict)
+    queued = " queued=%.2fs" % exchange.queued if exchange.queued else ""
     return (exchange.method, exchange.path, exchange.status, len(exchange.attempts), exchange.bytes,
-            exchange.seconds, exchange.model_sent, exchange.client_protocol, exchange.upstream_protocol, tokens,
+            exchange.seconds, queued, exchange.model_sent, exchange.client_protocol, exchange.upstream_protocol, tokens,
             (" (%s)" % note) if note else "")
 
 

@@ -33,7 +33,7 @@ DEFAULTS = {
     "RETRY_BASE_DELAY": 1.0, "RETRY_MAX_DELAY": 30.0, "TOTAL_TIMEOUT": 600.0, "CONNECT_TIMEOUT": 10.0,
     "UPSTREAM_TIMEOUT": 120.0, "MAX_REQUEST_BYTES": 16 * 1024 * 1024, "MAX_RESPONSE_BYTES": 256 * 1024 * 1024,
     "LOG_LEVEL": "INFO", "PROXY_API_KEY": "", "ALLOWED_ORIGINS": (), "CLIENT_TIMEOUT": 60.0,
-    "UPSTREAM_API": "auto",
+    "UPSTREAM_API": "auto", "RPM_LIMIT": 0,
 }
 FIELD = {setting.env: setting.field for setting in SETTINGS}
 
@@ -67,7 +67,7 @@ def test_every_setting_is_read_from_the_environment():
                "RETRY_MAX_DELAY": "4", "TOTAL_TIMEOUT": "50", "CONNECT_TIMEOUT": "2", "UPSTREAM_TIMEOUT": "7",
                "MAX_REQUEST_BYTES": "100", "MAX_RESPONSE_BYTES": "200", "LOG_LEVEL": "debug",
                "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": "http://a.test, http://b.test:3000/", "CLIENT_TIMEOUT": "9",
-               "UPSTREAM_API": "Chat"}
+               "UPSTREAM_API": "Chat", "RPM_LIMIT": "270"}
     assert sorted(environ) == sorted(NAMES)
     config = load_config([], environ)
     assert config.endpoint == "https://x.openai.azure.com/openai/v1"
@@ -76,7 +76,7 @@ def test_every_setting_is_read_from_the_environment():
         "RETRY_BASE_DELAY": 0.5, "RETRY_MAX_DELAY": 4.0, "TOTAL_TIMEOUT": 50.0, "CONNECT_TIMEOUT": 2.0,
         "UPSTREAM_TIMEOUT": 7.0, "MAX_REQUEST_BYTES": 100, "MAX_RESPONSE_BYTES": 200, "LOG_LEVEL": "DEBUG",
         "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": ("http://a.test", "http://b.test:3000"), "CLIENT_TIMEOUT": 9.0,
-        "UPSTREAM_API": "chat"}
+        "UPSTREAM_API": "chat", "RPM_LIMIT": 270}
 
 
 @pytest.mark.parametrize("empty", ["", "   "])
@@ -133,6 +133,8 @@ BAD = [
     ({"MAX_REQUEST_BYTES": "0"}, "MAX_REQUEST_BYTES='0'"),
     ({"MAX_RESPONSE_BYTES": "1MB"}, "MAX_RESPONSE_BYTES='1MB'"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD'"),
+    ({"RPM_LIMIT": "-5"}, "RPM_LIMIT='-5' is not valid; use a whole number of at least 0"),
+    ({"RPM_LIMIT": "100/min"}, "RPM_LIMIT='100/min'"),
     ({"RETRY_BASE_DELAY": "5", "RETRY_MAX_DELAY": "1"}, "RETRY_MAX_DELAY=1.0 is below RETRY_BASE_DELAY=5.0"),
     ({"HOST": "0.0.0.0"}, "PROXY_API_KEY"),
     ({"ALLOWED_ORIGINS": "*"}, "ALLOWED_ORIGINS"),
@@ -183,6 +185,7 @@ START_UP = [
     ({"RETRY_BASE_DELAY": "x"}, "RETRY_BASE_DELAY='x'"),
     ({"TOTAL_TIMEOUT": "0"}, "TOTAL_TIMEOUT='0'"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD'"),
+    ({"RPM_LIMIT": "-5"}, "RPM_LIMIT='-5'"),
     ({"RETRY_BASE_DELAY": "2", "RETRY_MAX_DELAY": "0.5"}, "RETRY_MAX_DELAY"),
 ]
 
