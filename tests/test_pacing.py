@@ -387,7 +387,7 @@ def test_a_client_that_leaves_the_queue_is_gone_at_once_and_nothing_is_sent_for_
     assert " 499 attempts=0 " in line and " queued=" in line
 
 
-def test_a_queued_request_gets_proxy_stopping_at_once_when_the_proxy_stops(upstream, make_proxy):
+def test_a_queued_request_gets_proxy_stopping_with_nothing_sent_when_the_proxy_stops(upstream, make_proxy):
     shield = make_proxy(upstream, RPM_LIMIT="1", TOTAL_TIMEOUT="600")
     assert post(shield.port)[0] == 200
     result = {}
