@@ -80,11 +80,16 @@ class Line:
 
     def leave(self, ticket: Ticket) -> Optional[Ticket]:
         """Take ``ticket`` out of the line, using nothing; the new first ticket if it was first."""
-        if ticket not in self.waiting:
+        place = self.place(ticket)
+        if place is None:
             return None
-        was_first = self.waiting[0] is ticket
-        self.waiting.remove(ticket)
-        return self.waiting[0] if was_first and self.waiting else None
+        del self.waiting[place]
+        return self.waiting[0] if place == 0 and self.waiting else None
+
+    def place(self, ticket: Ticket) -> Optional[int]:
+        """How many tickets are ahead of ``ticket``, or None if it is not in the line."""
+        place = bisect.bisect_left(self.waiting, ticket)  # every ticket's order is its own
+        return place if place < len(self.waiting) and self.waiting[place] is ticket else None
 
     def earliest(self, ticket: Ticket, now: float) -> float:
         """The earliest time ``ticket`` may go, if no request joins ahead of it.
@@ -95,8 +100,7 @@ class Line:
         start = max(now, self.held_until)
         if not self.rate:
             return start
-        ahead = self.waiting.index(ticket) if ticket in self.waiting else 0
-        need = ahead + 1 - self._tokens_at(start)
+        need = (self.place(ticket) or 0) + 1 - self._tokens_at(start)
         return start if need <= EPSILON else start + need / self.rate
 
     def go(self, ticket: Ticket, now: float) -> bool:
@@ -172,32 +176,36 @@ class Pacer:
                 return GO, 0.0
         outcome = ""
         try:
-            while True:
+            while not outcome:
                 ticket.wake.clear()  # before looking: a wake-up after this is not lost
-                with self._lock:
-                    now = self.clock()
-                    if stopping.is_set():
-                        outcome = STOPPING
-                    elif self.line.go(ticket, now):
-                        outcome = GO
-                        self._wake_first()
-                    else:
-                        turn = self.line.earliest(ticket, now)
-                        first = self.line.waiting[0] is ticket
-                if not outcome and turn >= deadline:
-                    outcome = TIMEOUT
+                outcome, pause = self._look(ticket, deadline, stopping)
                 if not outcome and not still_wanted():
                     outcome = GONE
-                if outcome:
-                    return outcome, self.clock() - began
-                # The first waits for its time; the others until they are first (they are woken then).
-                ticket.wake.wait(min(turn - now, CLIENT_CHECK_INTERVAL) if first else CLIENT_CHECK_INTERVAL)
+                if not outcome:
+                    ticket.wake.wait(pause)
+            return outcome, self.clock() - began
         finally:
             if outcome != GO:
                 with self._lock:
                     first = self.line.leave(ticket)
                 if first is not None:
                     first.wake.set()
+
+    def _look(self, ticket: Ticket, deadline: float, stopping: threading.Event) -> Tuple[str, float]:
+        """GO, STOPPING or TIMEOUT for a waiting ticket, or "" and how long to wait before looking again."""
+        with self._lock:
+            now = self.clock()
+            if stopping.is_set():
+                return STOPPING, 0.0
+            if self.line.go(ticket, now):
+                self._wake_first()
+                return GO, 0.0
+            turn = self.line.earliest(ticket, now)
+            first = self.line.place(ticket) == 0
+        if turn >= deadline:
+            return TIMEOUT, 0.0
+        # The first waits for its time; the others until they are first (they are woken then).
+        return "", min(turn - now, CLIENT_CHECK_INTERVAL) if first else CLIENT_CHECK_INTERVAL
 
     def wake_all(self) -> None:
         """Have every waiting request look again at once (the proxy is stopping)."""
