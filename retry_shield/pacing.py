@@ -34,7 +34,7 @@ def hold_from_headers(headers: Mapping[str, str]) -> Optional[Tuple[str, float]]
         except ValueError:
             continue
         seconds = parse_duration(reset)
-        if left > 0 or seconds is None:
+        if left > 0 or not seconds:  # unreadable, or already reset
             continue
         if found is None or seconds > found[1]:
             found = (kind, seconds)
@@ -92,10 +92,10 @@ class Line:
         return place if place < len(self.waiting) and self.waiting[place] is ticket else None
 
     def earliest(self, ticket: Ticket, now: float) -> float:
-        """The earliest time ``ticket`` may go, if no request joins ahead of it.
+        """The earliest time ``ticket`` may go: every ticket ahead of it needs a token first.
 
-        Every ticket ahead needs a token first. A request that leaves or an upstream that
-        lifts nothing only makes it sooner; a hold or a request joining ahead, later.
+        A lower bound: a request that leaves the line can only make it sooner; a longer hold or
+        a request joining ahead (an older request's retry), later.
         """
         start = max(now, self.held_until)
         if not self.rate:

@@ -120,6 +120,7 @@ def test_held_requests_go_through_the_bucket_at_the_end_of_the_hold():
     ({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "12s"}, None),
     ({"x-ratelimit-remaining-requests": "0"}, None),  # Azure sends no reset: nothing says how long
     ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "soon"}, None),
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "0s"}, None),  # already reset
     ({"x-ratelimit-remaining-requests": "none", "x-ratelimit-reset-requests": "1s"}, None),
     ({"retry-after": "5"}, None),
 ])
