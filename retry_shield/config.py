@@ -58,6 +58,7 @@ class Config:
     client_timeout: float = 60.0
     upstream_api: str = "auto"
     usage_log: str = ""
+    rpm_limit: int = 0
     env_file: str = DEFAULT_ENV_FILE
     env_keys: Tuple[str, ...] = ()  # the keys read from env_file
     from_flags: Tuple[str, ...] = ()  # the settings given as flags (HOST, PORT)
@@ -72,7 +73,7 @@ class Config:
     @property
     def endpoints(self) -> Tuple[Endpoint, ...]:
         """The primary, then the fallbacks, each with the model it is sent (FALLBACK_n_MODEL over FORCED_MODEL)."""
-        primary = Endpoint(0, self.endpoint, self.api_key, self.forced_model, self.upstream_api)
+        primary = Endpoint(0, self.endpoint, self.api_key, self.forced_model, self.upstream_api, self.rpm_limit)
         return (primary,) + tuple(fallback._replace(model=fallback.model or self.forced_model)
                                   for fallback in self.fallbacks)
 
@@ -213,6 +214,9 @@ SETTINGS = (
             "with fallbacks: after this many retryable failures in a row an endpoint is left for the next one"),
     Setting("USAGE_LOG", "usage_log", _parse_path,
             "file to append one JSON line to per request (what the shield did; --stats reads it); empty: none"),
+    Setting("RPM_LIMIT", "rpm_limit", _number_parser(int, 0),
+            "requests per minute sent to AZURE_ENDPOINT, evenly paced (a bucket of one second's worth); more wait "
+            "in the proxy in arrival order; 0: no limit (set it a little below the real quota)"),
 )
 # The settings of fallback n, FALLBACK_n_<suffix>: (suffix, Endpoint field, parser, help).
 FALLBACK_SETTINGS = (
@@ -220,6 +224,7 @@ FALLBACK_SETTINGS = (
     ("API_KEY", "api_key", _parse_text, "its key, as AZURE_API_KEY; empty passes the client's own"),
     ("MODEL", "model", _parse_text, "the model sent there (wins over FORCED_MODEL)"),
     ("UPSTREAM_API", "upstream_api", _parse_upstream_api, "the API it speaks, as UPSTREAM_API"),
+    ("RPM_LIMIT", "rpm_limit", _number_parser(int, 0), "requests per minute sent there, as RPM_LIMIT; 0: no limit"),
 )
 FALLBACK_SUFFIXES = tuple(suffix for suffix, _, _, _ in FALLBACK_SETTINGS)
 

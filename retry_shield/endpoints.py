@@ -4,7 +4,7 @@ import urllib.parse
 from typing import NamedTuple
 
 PRIMARY_SETTINGS = {"ENDPOINT": "AZURE_ENDPOINT", "API_KEY": "AZURE_API_KEY", "MODEL": "FORCED_MODEL",
-                    "UPSTREAM_API": "UPSTREAM_API"}
+                    "UPSTREAM_API": "UPSTREAM_API", "RPM_LIMIT": "RPM_LIMIT"}
 
 
 class Endpoint(NamedTuple):
@@ -19,6 +19,7 @@ class Endpoint(NamedTuple):
     api_key: str = ""
     model: str = ""
     upstream_api: str = "auto"
+    rpm_limit: int = 0  # requests per minute sent there (RPM_LIMIT, FALLBACK_n_RPM_LIMIT); 0: no limit
 
     @property
     def host(self) -> str:
@@ -35,7 +36,7 @@ class Endpoint(NamedTuple):
         return "the primary" if self.number == 0 else "FALLBACK_%d" % self.number
 
     def setting(self, suffix: str) -> str:
-        """The name of its setting ``suffix`` (ENDPOINT, API_KEY, MODEL, UPSTREAM_API): FALLBACK_n_API_KEY
+        """The name of its setting ``suffix`` (ENDPOINT, API_KEY, MODEL, ...): FALLBACK_n_API_KEY
         for a fallback, the primary's own (AZURE_API_KEY, FORCED_MODEL, UPSTREAM_API) for the primary."""
         if self.number:
             return "FALLBACK_%d_%s" % (self.number, suffix)

@@ -25,9 +25,10 @@ class UpstreamFailure(Exception):
     """One upstream attempt went wrong.
 
     ``kind`` names what happened (dns, connect, reset, timeout, status, cut, unterminated,
-    stream_error, json_error, too_large, tls, stopping); ``retryable`` says whether another
-    attempt may succeed; ``status``, ``headers`` and ``body`` keep what the upstream said;
-    ``reused`` says the attempt went out on a kept-alive connection.
+    stream_error, json_error, too_large, tls, stopping; paced: no attempt, its turn could not
+    come within TOTAL_TIMEOUT); ``retryable`` says whether another attempt may succeed;
+    ``status``, ``headers`` and ``body`` keep what the upstream said; ``reused`` says the
+    attempt went out on a kept-alive connection.
     """
 
     def __init__(self, kind: str, detail: str, status: Optional[int] = None,

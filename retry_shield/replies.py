@@ -163,8 +163,10 @@ def give_up_reply(failure: UpstreamFailure, attempts: int) -> Reply:
         seconds = max(1, int(math.ceil(failure.wait or 0)))
         return Reply(503, JSON, json_error_body(failure.detail, "proxy_error", code="cooling_down", attempts=attempts),
                      [("Retry-After", str(seconds))])
-    status = 504 if failure.kind == "timeout" else 502
+    status = 504 if failure.kind in ("timeout", "paced") else 502
     message = "upstream failed after %d attempt%s: %s" % (attempts, "" if attempts == 1 else "s", failure.detail)
+    if not attempts:  # the request's turn to go never came (pacing): no upstream failed
+        message = failure.detail
     return Reply(status, JSON, json_error_body(message, "proxy_error", code=failure.kind, attempts=attempts,
                                                last_failure=failure.detail))
 

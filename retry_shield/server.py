@@ -20,19 +20,20 @@ from .errors import UpstreamFailure
 from .failover import CoolDowns, FailoverSettings, MakeAttempt, Route
 from .handler import ShieldHandler
 from .http1 import upstream_headers
+from .pacing import Pacer, Pacers
 from .prepare import Outbound
 from .quirks import Quirks
 from .replies import Reply, answer_reply, error_reply
 from .retry import RetryPolicy
 from .routes import Access, check_access, upstream_url
 from .shield import GAVE_UP, SUMMARY, Exchange, credentials_warning, run, summary, upstream_attempts, waiter
-
-# Prepares a client's request for an endpoint (prepare.prepare with the request's own arguments bound).
-PrepareFor = Callable[[Endpoint], Outbound]
 from .stats import Stats
 from .upstream import Upstream
 from .usage import iso_time, usage_record
 from .usage_log import UsageLog
+
+# Prepares a client's request for an endpoint (prepare.prepare with the request's own arguments bound).
+PrepareFor = Callable[[Endpoint], Outbound]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self.endpoints = config.endpoints  # the primary, then the fallbacks; each attempt goes to one of them
         self.cool_downs = CoolDowns(len(self.endpoints))
         self.failover = FailoverSettings(config.failover_after_wait, config.failover_after_failures)
+        self.pacers = Pacers()  # per endpoint: RPM_LIMIT and the upstream's rate-limit holds, across requests
         self.started = time.monotonic()
         self.stopping = threading.Event()  # no new attempt or wait begins
         self.hurry = threading.Event()  # stop_now(): the drain cuts requests in flight short at once
@@ -91,11 +93,17 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         config = self.config
         deadline = started + config.total_timeout
 
+        def pacer_of(index: int) -> Pacer:
+            endpoint = self.endpoints[index]
+            return self.pacers.pacer_for(endpoint.url, endpoint.rpm_limit)
+
         def attempts_at(prepared: Outbound, index: int) -> MakeAttempt:
-            # Every attempt to endpoint ``index`` goes through this one callable: a per-endpoint pacer
-            # (keyed by self.endpoints[index].number) would wait here, right before each attempt.
+            # Every attempt to endpoint ``index`` goes through this one callable; its pacer reads the answers.
             return upstream_attempts(self.upstream, prepared, deadline, still_wanted, config.max_attempts,
-                                     self.quirks)
+                                     self.quirks, observe=pacer_of(index).observe)
+
+        def pace(index: int) -> Tuple[str, float]:
+            return pacer_of(index).wait_turn(started, deadline, still_wanted, self.stopping)
 
         def prepared(index: int) -> Tuple[Outbound, MakeAttempt]:
             assert prepare_for is not None
@@ -106,7 +114,8 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         if len(self.endpoints) > 1 and prepare_for is not None:
             route = Route(self.endpoints, self.cool_downs, self.failover, prepared)
         return run(Exchange.of(method, path, outbound, started), attempts_at(outbound, 0),
-                   waiter(self.stopping, still_wanted), self.retry_policy, self.stopping.is_set, route=route)
+                   waiter(self.stopping, still_wanted), self.retry_policy, self.stopping.is_set, route=route,
+                   pace=pace)
 
     def models(self, query: str, client_headers: Sequence[Tuple[str, str]],
                still_wanted: Callable[[], bool]) -> Reply:
@@ -192,6 +201,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             "gave_up": counters.get("gave_up", 0),
             "in_flight": active,
             "endpoints": endpoints,
+            "queued": self.pacers.queued,  # of those, waiting for their turn to send (pacing)
         }
 
     def stats(self) -> Dict[str, Any]:
@@ -229,6 +239,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         """End the grace of ``drain`` (running or to come): requests in flight are answered at once."""
         self.stopping.set()
         self.hurry.set()
+        self.pacers.wake_all()
 
     def drain(self, grace: float) -> None:
         """Let requests in flight finish within ``grace`` seconds (less after ``stop_now``), then cut
@@ -239,6 +250,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         dropped connection.
         """
         self.stopping.set()
+        self.pacers.wake_all()  # requests waiting for their turn end at once, as backoff waits do
         end = time.monotonic() + grace
         while self.active and time.monotonic() < end and not self.hurry.is_set():
             self.hurry.wait(0.05)

@@ -5,7 +5,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from .chat_request import ChatPlan
 from .responses_request import ResponsesPlan
@@ -28,10 +28,13 @@ GAVE_UP = "gave_up"  # retries or time ran out, or the failure is final: the las
 CLIENT_GONE = "client_gone"  # the client left first: nothing is answered
 # STOPPED (replies.STOPPED): the proxy is stopping and no attempt may follow: answered 503 proxy_stopping
 
-# What a wait between attempts ended in.
+# What a wait between attempts, or for a turn to send (pacing), ended in.
 GO, GONE, STOPPING = "go", "gone", "stopping"
+TIMEOUT = "timeout"  # pacing only: the turn cannot come within TOTAL_TIMEOUT
 
 Wait = Callable[[float], str]
+Pace = Callable[[int], Tuple[str, float]]  # the wait for a turn to send to endpoint i: (GO, GONE, ...; seconds)
+Observe = Callable[[Mapping[str, str]], None]  # reads each upstream answer's headers (lower-case names)
 
 
 class AttemptRecord(NamedTuple):
@@ -67,6 +70,7 @@ class Exchange:
     attempts: Tuple[AttemptRecord, ...] = ()
     retries: int = 0  # waits begun before another attempt
     waited: float = 0.0  # seconds spent in those waits
+    queued: float = 0.0  # seconds spent waiting for a turn to send (pacing)
     outcome: str = ""
     status: int = 0  # what the client was answered (499: it left first)
     bytes: int = 0  # of the upstream's answer that decided the outcome
@@ -95,7 +99,7 @@ class Exchange:
 
 def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: RetryPolicy,
         stopping: Callable[[], bool], clock: Callable[[], float] = time.monotonic,
-        route: Optional[Route] = None) -> Exchange:
+        route: Optional[Route] = None, pace: Optional[Pace] = None) -> Exchange:
     """Attempt until an answer can be delivered, the policy gives up, or the client leaves.
 
     ``make_attempt(number)`` returns an UpstreamAnswer or raises UpstreamFailure or
@@ -103,7 +107,9 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
     server is stopping: no attempt or wait begins, and a request that has no answer yet ends
     STOPPED, unless its last failure is final (then it is given up as usual). With a
     ``route`` (fallbacks configured), ``make_attempt`` is the primary's and the attempts go
-    where the failover decisions say (see ``Course``).
+    where the failover decisions say (see ``Course``). ``pace(endpoint)``, before every
+    attempt, waits for its turn to send to that endpoint: anything but GO ends the request
+    with nothing more sent (TIMEOUT as a give-up: the last failure, or a "paced" one).
     """
     attempts: List[AttemptRecord] = []
     retries, waited = 0, 0.0
@@ -133,6 +139,13 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
         number = len(attempts) + 1
         if stopping():
             return finish(attempts, retries, waited, STOPPED, failure=failure, status=503)
+        if pace is not None:
+            turn, queued = pace(course.current)
+            if queued:
+                exchange = replace(exchange, queued=exchange.queued + queued)
+            if turn != GO:
+                return _unpaced(finish, attempts, retries, waited, turn, failure, policy.total_timeout,
+                                exchange.queued)
         began = clock()
         endpoint = course.current
         try:
@@ -190,13 +203,35 @@ def _waited(wait: Wait, seconds: float, clock: Callable[[], float], retries: int
     return retries + 1, waited + clock() - wait_began, ended
 
 
+def _unpaced(finish: Callable[..., Exchange], attempts: List[AttemptRecord], retries: int, waited: float,
+             turn: str, failure: Optional[UpstreamFailure], total_timeout: float, queued: float) -> Exchange:
+    """The end of a request whose turn to send did not come: nothing more was sent for it."""
+    if turn == GONE:
+        return finish(attempts, retries, waited, CLIENT_GONE, status=499)
+    if turn == STOPPING:
+        return finish(attempts, retries, waited, STOPPED, failure=failure, status=503)
+    after = "after %.1f s waiting for its turn" % queued if queued else "at once"
+    if failure is None:
+        failure = UpstreamFailure("paced", "nothing was sent upstream: the request's turn (RPM_LIMIT, or the "
+                                  "upstream's x-ratelimit headers) could not come within TOTAL_TIMEOUT (%g s); "
+                                  "given up %s" % (total_timeout, after), retryable=False)
+        logger.warning("%s", failure.detail)
+    else:
+        logger.warning("attempt %d failed: %s; giving up %s: the next attempt's turn (RPM_LIMIT, or the upstream's "
+                       "x-ratelimit headers) could not come within TOTAL_TIMEOUT", len(attempts), failure.detail,
+                       after)
+    return finish(attempts, retries, waited, GAVE_UP, failure=failure,
+                  size=len(failure.body) if failure.kind == "status" else 0)
+
+
 def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, still_wanted: Callable[[], bool],
-                      max_attempts: int, quirks: Quirks) -> MakeAttempt:
+                      max_attempts: int, quirks: Quirks, observe: Optional[Observe] = None) -> MakeAttempt:
     """``make_attempt`` for ``run``: one POST of ``outbound`` through ``upstream`` per call.
 
     A chat upstream that refuses a parameter the request carries (a 400 naming it) is asked
     again at once without it, and so is every later request to it: ``quirks`` remembers.
     After an attempt lost on a kept-alive connection, the next one opens a new connection.
+    ``observe`` reads the headers of every answer, failed ones too (pacing's rate-limit headers).
     """
     url = outbound.url
     fresh = False
@@ -213,8 +248,12 @@ def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, s
                                       still_wanted, fresh=fresh)
         except UpstreamFailure as failure:
             fresh = failure.reused
+            if observe is not None and failure.headers:
+                observe(failure.headers)
             raise
         fresh = False
+        if observe is not None:
+            observe({name.lower(): value for name, value in answer.headers})
         if outbound.upstream_protocol == "chat" and answer.status == 400:
             name = refused_parameter(answer.status, answer.body, json.loads(body))
             if name is not None and quirks.learn(url, name):
@@ -242,7 +281,7 @@ def waiter(stopping: threading.Event, still_wanted: Callable[[], bool]) -> Wait:
     return wait
 
 
-SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs model=%s api=%s->%s%s%s%s"
+SUMMARY = "%s %s %d attempts=%d bytes=%d time=%.2fs%s model=%s api=%s->%s%s%s%s"
 NOTES = {GAVE_UP: "gave up", CLIENT_GONE: "client gone", STOPPED: "proxy stopping"}
 
 
@@ -257,9 +296,10 @@ def summary(exchange: Exchange) -> Tuple[Any, ...]:
     note = NOTES.get(exchange.outcome, exchange.verdict)
     hosts = " served_by=%s tried=%s" % (exchange.served_by or "-", ",".join(exchange.tried) or "-") \
         if exchange.failover else ""
+    queued = " queued=%.2fs" % exchange.queued if exchange.queued else ""
     return (exchange.method, exchange.path, exchange.status, len(exchange.attempts), exchange.bytes,
-            exchange.seconds, exchange.model_sent, exchange.client_protocol, exchange.upstream_protocol, hosts,
-            tokens, (" (%s)" % note) if note else "")
+            exchange.seconds, queued, exchange.model_sent, exchange.client_protocol, exchange.upstream_protocol,
+            hosts, tokens, (" (%s)" % note) if note else "")
 
 
 def credentials_warning(exchange: Exchange, config: Any) -> Optional[str]:

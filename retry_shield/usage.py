@@ -62,6 +62,7 @@ def usage_record(exchange: Any, ended_at: float) -> Dict[str, Any]:
         "retries": exchange.retries,
         "seconds": round(exchange.seconds, 3),
         "waited": round(exchange.waited, 3),
+        "queued": round(exchange.queued, 3),  # waiting for a turn to send (pacing)
         "bytes": exchange.bytes,
         "tokens": token_counts(exchange.usage),
         "served_by": exchange.served_by or None,  # hosts only: never a path, a query or a key

@@ -9,6 +9,7 @@ the benchmark imports it too.
 import gzip as gzip_module
 import http.server
 import json
+import math
 import socket
 import struct
 import sys
@@ -309,6 +310,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send_plain(404, b'{"error": {"message": "not found"}}', "application/json")
             return
         outcome = fake.outcome(index)
+        allowed, limit_headers = fake.admit()
+        if not allowed:
+            self._send_plain(429, rate_limited_body(limit_headers), "application/json", limit_headers)
+            return
+        if limit_headers:
+            outcome = outcome._replace(headers=dict(outcome.headers or {}, **limit_headers))
         if outcome.echo:
             request = self.seen.json if isinstance(self.seen.json, dict) else {}
             outcome = outcome._replace(text=outcome.text + str(request.get(outcome.echo, "")))
@@ -419,6 +426,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+class RateLimit(NamedTuple):
+    """A deployment's request quota: ``count`` attempts per ``window`` seconds, beyond which it answers 429.
+
+    A window opens with the first attempt after the last window closed; only the attempts it
+    admits count. ``retry_after``: a 429 carries ``Retry-After``, the whole seconds until the
+    window closes, and says so in its message (as Azure OpenAI's do). ``reset_headers``: every
+    answer carries ``x-ratelimit-limit-requests``, ``x-ratelimit-remaining-requests`` and
+    ``x-ratelimit-reset-requests`` (``"850ms"``), as OpenAI's do.
+    """
+
+    count: int
+    window: float
+    retry_after: bool = True
+    reset_headers: bool = False
+
+
+def rate_limited_body(headers):
+    """The JSON error of a 429 from the quota, worded as Azure OpenAI words it."""
+    hint = " Please retry after %s second%s." % (headers["Retry-After"], "" if headers["Retry-After"] == "1" else "s") \
+        if "Retry-After" in headers else ""
+    return json.dumps({"error": {"code": "429", "message": "Requests to the Responses Operation have exceeded the "
+                                 "call rate limit of your current pricing tier." + hint}}).encode()
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -443,6 +474,10 @@ class FakeUpstream:
         self.requests = []  # type: List[RecordedRequest]
         self.sent = []  # type: List[bytes]
         self.attempts = 0
+        self.rate_limit = None  # type: Optional[RateLimit]
+        self.window_opened = 0.0
+        self.window_used = 0
+        self.limited = 0  # 429s the rate limit answered
         self.stopping = threading.Event()
         self.connections = set()  # type: set
         self._server = None  # type: Optional[_Server]
@@ -497,6 +532,36 @@ class FakeUpstream:
         with self._lock:
             self._plan = list(outcomes) or [good()]
             self.attempts = 0
+
+    def limit(self, count, window, retry_after=True, reset_headers=False):
+        """Answer 429 beyond ``count`` attempts per ``window`` seconds (see RateLimit); ``limited`` counts them."""
+        with self._lock:
+            self.rate_limit = RateLimit(count, window, retry_after, reset_headers)
+            self.window_used = 0
+            self.window_opened = float("-inf")
+            self.limited = 0
+
+    def admit(self):
+        """Whether the rate limit lets one more attempt through now, and the headers its answer carries."""
+        with self._lock:
+            limit = self.rate_limit
+            if limit is None:
+                return True, {}
+            now = time.monotonic()
+            if now >= self.window_opened + limit.window:
+                self.window_opened, self.window_used = now, 0
+            allowed = self.window_used < limit.count
+            self.window_used += allowed
+            self.limited += not allowed
+            reset = self.window_opened + limit.window - now
+            headers = {}
+            if limit.reset_headers:
+                headers.update({"x-ratelimit-limit-requests": str(limit.count),
+                                "x-ratelimit-remaining-requests": str(limit.count - self.window_used),
+                                "x-ratelimit-reset-requests": "%dms" % math.ceil(reset * 1000)})
+            if not allowed and limit.retry_after:
+                headers["Retry-After"] = str(max(1, math.ceil(reset)))
+            return allowed, headers
 
     def outcome(self, index):
         with self._lock:

@@ -34,7 +34,7 @@ DEFAULTS = {
     "UPSTREAM_TIMEOUT": 120.0, "MAX_REQUEST_BYTES": 16 * 1024 * 1024, "MAX_RESPONSE_BYTES": 256 * 1024 * 1024,
     "LOG_LEVEL": "INFO", "PROXY_API_KEY": "", "ALLOWED_ORIGINS": (), "CLIENT_TIMEOUT": 60.0,
     "UPSTREAM_API": "auto", "FAILOVER_AFTER_WAIT": 20.0, "FAILOVER_AFTER_FAILURES": 3,
-    "USAGE_LOG": "",
+    "USAGE_LOG": "", "RPM_LIMIT": 0,
 }
 FIELD = {setting.env: setting.field for setting in SETTINGS}
 
@@ -69,7 +69,7 @@ def test_every_setting_is_read_from_the_environment():
                "MAX_REQUEST_BYTES": "100", "MAX_RESPONSE_BYTES": "200", "LOG_LEVEL": "debug",
                "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": "http://a.test, http://b.test:3000/", "CLIENT_TIMEOUT": "9",
                "UPSTREAM_API": "Chat", "FAILOVER_AFTER_WAIT": "5", "FAILOVER_AFTER_FAILURES": "2",
-               "USAGE_LOG": "~/usage.jsonl"}
+               "USAGE_LOG": "~/usage.jsonl", "RPM_LIMIT": "270"}
     assert sorted(environ) == sorted(NAMES)
     config = load_config([], environ)
     assert config.endpoint == "https://x.openai.azure.com/openai/v1"
@@ -79,7 +79,7 @@ def test_every_setting_is_read_from_the_environment():
         "UPSTREAM_TIMEOUT": 7.0, "MAX_REQUEST_BYTES": 100, "MAX_RESPONSE_BYTES": 200, "LOG_LEVEL": "DEBUG",
         "PROXY_API_KEY": "p", "ALLOWED_ORIGINS": ("http://a.test", "http://b.test:3000"), "CLIENT_TIMEOUT": 9.0,
         "UPSTREAM_API": "chat", "FAILOVER_AFTER_WAIT": 5.0, "FAILOVER_AFTER_FAILURES": 2,
-        "USAGE_LOG": os.path.expanduser("~/usage.jsonl")}
+        "USAGE_LOG": os.path.expanduser("~/usage.jsonl"), "RPM_LIMIT": 270}
 
 
 @pytest.mark.parametrize("empty", ["", "   "])
@@ -136,6 +136,8 @@ BAD = [
     ({"MAX_REQUEST_BYTES": "0"}, "MAX_REQUEST_BYTES='0'"),
     ({"MAX_RESPONSE_BYTES": "1MB"}, "MAX_RESPONSE_BYTES='1MB'"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD'"),
+    ({"RPM_LIMIT": "-5"}, "RPM_LIMIT='-5' is not valid; use a whole number of at least 0"),
+    ({"RPM_LIMIT": "100/min"}, "RPM_LIMIT='100/min'"),
     ({"RETRY_BASE_DELAY": "5", "RETRY_MAX_DELAY": "1"}, "RETRY_MAX_DELAY=1.0 is below RETRY_BASE_DELAY=5.0"),
     ({"HOST": "0.0.0.0"}, "PROXY_API_KEY"),
     ({"ALLOWED_ORIGINS": "*"}, "ALLOWED_ORIGINS"),
@@ -186,6 +188,7 @@ START_UP = [
     ({"RETRY_BASE_DELAY": "x"}, "RETRY_BASE_DELAY='x'"),
     ({"TOTAL_TIMEOUT": "0"}, "TOTAL_TIMEOUT='0'"),
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL='LOUD'"),
+    ({"RPM_LIMIT": "-5"}, "RPM_LIMIT='-5'"),
     ({"RETRY_BASE_DELAY": "2", "RETRY_MAX_DELAY": "0.5"}, "RETRY_MAX_DELAY"),
 ]
 

@@ -234,14 +234,28 @@ def test_a_misspelled_fallback_key_in_env_is_named(environ, taken_port, capsys, 
 def test_fallback_settings_are_read_in_order_and_empty_means_unset():
     config = load_config([], {"AZURE_ENDPOINT": ENDPOINT, "FORCED_MODEL": "gpt-all", "AZURE_API_KEY": PRIMARY_KEY,
                               "FALLBACK_1_ENDPOINT": "http://127.0.0.1:10/v1", "FALLBACK_1_MODEL": "dep-1",
-                              "FALLBACK_1_API_KEY": FALLBACK_KEY,
-                              "FALLBACK_2_ENDPOINT": "http://127.0.0.1:11/v1/chat/completions",
+                              "FALLBACK_1_API_KEY": FALLBACK_KEY, "FALLBACK_1_RPM_LIMIT": "120",
+                              "RPM_LIMIT": "300", "FALLBACK_2_ENDPOINT": "http://127.0.0.1:11/v1/chat/completions",
                               "FALLBACK_2_MODEL": " ", "FALLBACK_3_ENDPOINT": "", "FALLBACK_3_MODEL": ""})
     primary, first, second = config.endpoints
     assert (primary.url, primary.api_key, primary.model) == (ENDPOINT, PRIMARY_KEY, "gpt-all")
     assert (first.number, first.model, first.api_key, first.upstream_api) == (1, "dep-1", FALLBACK_KEY, "auto")
     assert (second.number, second.model, second.api_key) == (2, "gpt-all", "")  # FORCED_MODEL where none is given
+    assert (primary.rpm_limit, first.rpm_limit, second.rpm_limit) == (300, 120, 0)  # each its own; 0: no limit
     assert FALLBACK_KEY in config.secrets and PRIMARY_KEY in config.secrets
+
+
+def test_a_fallback_is_paced_by_its_own_rpm_limit(upstream, make_upstream, make_proxy):
+    # FALLBACK_1_RPM_LIMIT=1 is a bucket of one request refilled once a minute: the fallback's
+    # second request cannot have its turn within TOTAL_TIMEOUT, while the primary has no limit.
+    fallback = make_upstream()
+    upstream.plan(busy(120))
+    fallback.plan(good(text="from the fallback"))
+    shield = with_fallbacks(make_proxy, upstream, fallback, FALLBACK_1_RPM_LIMIT="1", TOTAL_TIMEOUT="5")
+    assert post(shield.port, body=CODEX_LIKE)[0] == 200
+    code, _, body = post(shield.port, body=CODEX_LIKE)  # the primary cools down: this one goes to the fallback
+    assert code == 504 and json.loads(body)["error"]["code"] == "paced"
+    assert (upstream.attempts, fallback.attempts) == (1, 1)
 
 
 def test_without_fallbacks_nothing_changes_in_the_config():

@@ -191,3 +191,28 @@ def test_echo_appends_a_field_of_each_request_to_the_text():
                 else chat_stream("answer to " + marker)
             assert code == 200 and received == expected == fake.sent[-1]
         assert post(fake, body=b"not json")[2] == responses_stream("answer to ")  # nothing to echo
+
+
+def test_the_rate_limit_answers_429_beyond_its_count_until_the_window_closes():
+    with FakeUpstream() as fake:
+        fake.limit(2, 30.0)  # as Azure: Retry-After and the hint in the message, no x-ratelimit headers
+        first, second, third = (post(fake) for _ in range(3))
+        assert (first[0], second[0], third[0]) == (200, 200, 429) and fake.limited == 1 and fake.attempts == 3
+        assert third[1]["retry-after"] in ("29", "30") and "x-ratelimit-remaining-requests" not in first[1]
+        assert "Please retry after %s seconds." % third[1]["retry-after"] in json.loads(third[2])["error"]["message"]
+        fake.limit(2, 30.0, retry_after=False, reset_headers=True)  # as OpenAI: the count on every answer
+        answers = [post(fake) for _ in range(3)]
+        assert [answer[0] for answer in answers] == [200, 200, 429] and "retry-after" not in answers[2][1]
+        assert [answer[1]["x-ratelimit-remaining-requests"] for answer in answers] == ["1", "0", "0"]
+        assert all(answer[1]["x-ratelimit-limit-requests"] == "2" for answer in answers)
+        reset = answers[2][1]["x-ratelimit-reset-requests"]
+        assert reset.endswith("ms") and 29000 <= int(reset[:-2]) <= 30000
+        assert "retry after" not in json.loads(answers[2][2])["error"]["message"]
+
+
+def test_the_rate_limit_opens_a_new_window_with_the_first_attempt_after_the_last_closed():
+    with FakeUpstream() as fake:
+        fake.limit(1, 0.2)
+        assert post(fake)[0] == 200 and post(fake)[0] == 429
+        time.sleep(0.25)  # the window's own length: what is tested is the window, not readiness
+        assert post(fake)[0] == 200 and fake.limited == 1

@@ -39,8 +39,8 @@ def test_usage_record_of_a_delivered_exchange_after_retries():
     attempts = (AttemptRecord(1, "status", 429, "HTTP 429: slow down, your prompt was: SECRET PROMPT", 0.1234),
                 AttemptRecord(2, "cut", None, "stream ended early", 1.5),
                 AttemptRecord(3, "ok", 200, "completed", 2.0))
-    record = usage_record(exchange(attempts=attempts, retries=2, waited=3.25, outcome="delivered", status=200,
-                                   bytes=5000, seconds=7.0004, served_by="example.test", tried=("example.test",),
+    record = usage_record(exchange(attempts=attempts, retries=2, waited=3.25, queued=0.5, outcome="delivered",
+                                   status=200, bytes=5000, seconds=7.0004, served_by="example.test", tried=("example.test",),
                                    usage={"prompt_tokens": 7, "completion_tokens": 3}), 0.0)
     assert record == {
         "time": "1970-01-01T00:00:00.000Z", "path": "/v1/responses", "client_api": "responses",
@@ -49,7 +49,7 @@ def test_usage_record_of_a_delivered_exchange_after_retries():
         "attempts": [{"kind": "status", "status": 429, "seconds": 0.123},
                      {"kind": "cut", "status": None, "seconds": 1.5},
                      {"kind": "ok", "status": 200, "seconds": 2.0}],
-        "retries": 2, "seconds": 7.0, "waited": 3.25, "bytes": 5000,
+        "retries": 2, "seconds": 7.0, "waited": 3.25, "queued": 0.5, "bytes": 5000,
         "tokens": {"input": 7, "output": 3, "cached": None, "reasoning": None},
         "served_by": "example.test", "tried": ["example.test"],
     }
