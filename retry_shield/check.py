@@ -3,7 +3,7 @@
 import re
 import time
 import urllib.parse
-from typing import Any, FrozenSet, List, NamedTuple, Optional, TextIO, Tuple, Union
+from typing import Any, List, NamedTuple, Optional, TextIO, Tuple, Union
 
 from .errors import UpstreamFailure
 from .http1 import upstream_headers

@@ -69,6 +69,6 @@ def test_usage_record_names_the_hosts_tried_and_the_one_that_served():
                                                                              "west.example.test:8443")), 0.0)
     assert record["served_by"] == "west.example.test:8443"
     assert record["tried"] == ["east.example.test", "west.example.test:8443"]
-    gone = usage_record(exchange(attempts=attempts[:1], outcome="client_gone", status=499, tried=("east.example.test",)),
-                        0.0)
+    gone = usage_record(exchange(attempts=attempts[:1], outcome="client_gone", status=499,
+                                 tried=("east.example.test",)), 0.0)
     assert gone["served_by"] is None and gone["tried"] == ["east.example.test"]
