@@ -19,11 +19,14 @@ from .handler import ShieldHandler
 from .http1 import upstream_headers
 from .prepare import Outbound
 from .quirks import Quirks
+from .recent import Recent
 from .replies import Reply, answer_reply, error_reply
 from .retry import RetryPolicy
-from .routes import Access, check_access, upstream_url
+from .routes import Access, check_access, mask_secrets, upstream_url
 from .shield import GAVE_UP, SUMMARY, Exchange, credentials_warning, run, summary, upstream_attempts, waiter
+from .status_page import page_reply, render
 from .upstream import Upstream
+from .usage import usage_record
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._counters: Dict[str, int] = collections.Counter()
         self._apis: Dict[str, int] = collections.Counter()  # requests by "client->upstream" protocol
+        self.recent = Recent()  # the status page's last requests and per-minute counts
         self._active = 0
         super().__init__((config.host, config.port), handler)
 
@@ -57,8 +61,8 @@ class ShieldServer(http.server.ThreadingHTTPServer):
 
     # -- what the handler asks -------------------------------------------------
 
-    def check_access(self, headers: Mapping[str, str], needs_key: bool) -> Access:
-        return check_access(headers, self.config, self.server_address[1], needs_key)
+    def check_access(self, headers: Mapping[str, str], needs_key: bool, browser: bool = False) -> Access:
+        return check_access(headers, self.config, self.server_address[1], needs_key, browser)
 
     def shield(self, method: str, path: str, outbound: Outbound, started: float,
                still_wanted: Callable[[], bool]) -> Exchange:
@@ -84,8 +88,11 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         return answer_reply(answer, wants_stream=False)
 
     def record(self, exchange: Exchange) -> None:
-        """Count and log a finished exchange."""
+        """Count, keep for the status page, and log a finished exchange."""
+        ended = time.time()
+        kept = usage_record(exchange, ended)
         with self._lock:
+            self.recent.add(kept, ended)
             self._counters["requests"] += 1
             self._counters["retries"] += exchange.retries
             self._counters["gave_up"] += exchange.outcome == GAVE_UP
@@ -134,6 +141,15 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             "gave_up": counters.get("gave_up", 0),
             "in_flight": active,
         }
+
+    def status_page(self) -> Reply:
+        """The status page now; keys masked again in case a client sent one as a model name."""
+        now = time.time()
+        health = self.health()
+        with self._lock:
+            records = self.recent.records()
+            minutes = self.recent.per_minute(now)
+        return page_reply(mask_secrets(render(health, records, minutes, now), self.config.secrets))
 
     # -- the stdlib's hooks ----------------------------------------------------
 
