@@ -88,7 +88,7 @@ def _attempts_cell(attempts: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _tokens_cell(tokens: Optional[Mapping[str, Any]]) -> str:
-    if not tokens or tokens.get("input") is None and tokens.get("output") is None:
+    if not tokens or (tokens.get("input") is None and tokens.get("output") is None):
         return "&ndash;"
     detail = "cached %s, reasoning %s" % (tokens.get("cached", "?"), tokens.get("reasoning", "?"))
     return '<span title="%s">%s / %s</span>' % (_e(detail), _e(tokens.get("input", "?")), _e(tokens.get("output", "?")))
@@ -186,7 +186,7 @@ def _card(label: str, value: Any) -> str:
 
 def render(health: Mapping[str, Any], records: Sequence[Mapping[str, Any]], minutes: Sequence[Minute],
            now: float, refresh: int = REFRESH_SECONDS) -> str:
-    """The whole page from the server's ``health()``, the recent usage records (newest first) and the chart's minutes."""
+    """The whole page from the server's ``health()``, the recent usage records (newest first), the chart's minutes."""
     apis = health.get("apis") or {}
     api_text = " &middot; ".join("%s: %s" % (_e(name.replace("->", " \u2192 ")), _e(count))
                                  for name, count in sorted(apis.items()))
