@@ -15,7 +15,7 @@ from .errors import ClientError
 from .http1 import read_request_body
 from .prepare import parse_request, prepare
 from .replies import Reply, client_error_reply, error_reply, json_reply, reply_for
-from .routes import OPERATIONS, is_page, mask_secrets_in_bytes, operation_of, preflight_headers, route_error
+from .routes import OPERATIONS, for_browser, is_page, mask_secrets_in_bytes, operation_of, preflight_headers, route_error
 from .shield import CLIENT_GONE
 from .upstream import readable
 
@@ -60,7 +60,7 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         split = urllib.parse.urlsplit(self.path)
         is_health = split.path.rstrip("/") == "/health"
         page = is_page(split.path)
-        if not self._admitted(needs_key=not is_health, browser=page):
+        if not self._admitted(needs_key=not is_health, browser=for_browser(split.path)):
             return
         if is_health:
             self._send(json_reply(200, self.server.health()))

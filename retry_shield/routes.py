@@ -74,6 +74,12 @@ def is_page(path: str) -> bool:
     return (path.rstrip("/") or "/") in PAGE_PATHS
 
 
+def for_browser(path: str) -> bool:
+    """Whether a browser showing the page asks for ``path`` by itself: the page, and the icon it looks for
+    (which then gets its 404 with the page's password instead of a refusal logged every refresh)."""
+    return is_page(path) or path == "/favicon.ico"
+
+
 def operation_of(path: str) -> Optional[str]:
     """The operation a client path asks for (``/responses``, ``/chat/completions``, ``/models``) or None."""
     if path.startswith("/v1/"):

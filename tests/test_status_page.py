@@ -193,11 +193,15 @@ def test_the_page_asks_a_browser_for_the_proxy_key_as_a_password(upstream, make_
     assert get(shield.port, headers={"api-key": PROXY_SECRET})[0] == 200
 
 
-def test_the_password_opens_only_the_page(upstream, make_proxy):
+def test_the_password_opens_only_the_page(upstream, make_proxy, caplog):
     shield = make_proxy(upstream, PROXY_API_KEY=PROXY_SECRET)
     code, headers, _ = post(shield.port, headers={"Authorization": basic(PROXY_SECRET)})
     assert code == 401 and "www-authenticate" not in headers and upstream.attempts == 0
     assert get(shield.port, "/v1/models", headers={"Authorization": basic(PROXY_SECRET)})[0] == 401
+    caplog.clear()
+    # The icon a browser asks for by itself, with the page's password: its 404, not a refusal in the log.
+    assert get(shield.port, "/favicon.ico", headers={"Authorization": basic(PROXY_SECRET)})[0] == 404
+    assert not [line for line in caplog.messages if "refused" in line]
 
 
 def test_the_page_is_open_on_loopback_without_a_proxy_key(upstream, make_proxy):
