@@ -154,12 +154,10 @@ def chart(minutes: Sequence[Minute]) -> str:
             out.append(_bar("req", x + 1, slot / 2 - 1, height * minute.requests / top))
             out.append(_bar("ret", x + slot / 2, slot / 2 - 1, height * minute.retries / top))
             out.append("</g>")
-        if index % 15 == 0 or index == len(minutes) - 1:
-            label = "now" if index == len(minutes) - 1 else iso_time(minute.start)[11:16]
-            anchor = "end" if index == len(minutes) - 1 else "start"
-            x_label = x + slot if index == len(minutes) - 1 else x
-            out.append('<text x="%.1f" y="%d" text-anchor="%s">%s</text>' % (x_label, CHART_HEIGHT - 6, anchor,
-                                                                            label))
+        if index == len(minutes) - 1:
+            out.append('<text x="%.1f" y="%d" text-anchor="end">now</text>' % (x + slot, CHART_HEIGHT - 6))
+        elif index % 15 == 0:
+            out.append('<text x="%.1f" y="%d">%s</text>' % (x, CHART_HEIGHT - 6, iso_time(minute.start)[11:16]))
     if not any(minute.requests for minute in minutes):
         out.append('<text x="%d" y="%d" text-anchor="middle">no requests in the last hour</text>'
                    % ((PLOT_LEFT + PLOT_RIGHT) // 2, (PLOT_TOP + PLOT_BOTTOM) // 2))
