@@ -16,7 +16,7 @@ from .errors import ClientError
 from .http1 import read_request_body
 from .prepare import parse_request, prepare
 from .replies import Reply, client_error_reply, error_reply, json_reply, reply_for
-from .routes import OPERATIONS, mask_secrets_in_bytes, operation_of, preflight_headers, route_error
+from .routes import OPERATIONS, for_browser, is_page, mask_secrets_in_bytes, operation_of, preflight_headers, route_error
 from .shield import CLIENT_GONE
 from .upstream import readable
 
@@ -61,12 +61,15 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         split = urllib.parse.urlsplit(self.path)
         path = split.path.rstrip("/")
         is_health = path == "/health"
-        if not self._admitted(needs_key=not is_health):
+        page = is_page(split.path)
+        if not self._admitted(needs_key=not is_health, browser=for_browser(split.path)):
             return
         if is_health:
             self._send(json_reply(200, self.server.health()))
         elif path == "/stats":
             self._send(json_reply(200, self.server.stats()))
+        elif page:
+            self._send(self.server.status_page())
         elif operation_of(split.path) == "/models":
             self._send(self.server.models(split.query, self.headers.items(), self._client_present))
         else:
@@ -117,10 +120,17 @@ class ShieldHandler(http.server.BaseHTTPRequestHandler):
         if self._admitted(needs_key=False):
             self._send(route_error(self.command, urllib.parse.urlsplit(self.path).path))
 
-    do_DELETE = do_PATCH = do_HEAD = do_PUT
+    do_DELETE = do_PATCH = do_PUT
 
-    def _admitted(self, needs_key: bool = True) -> bool:
-        access = self.server.check_access(self.headers, needs_key)
+    def do_HEAD(self) -> None:
+        """The status page's headers (the body is not sent for HEAD); a route error elsewhere."""
+        if is_page(urllib.parse.urlsplit(self.path).path):
+            self.do_GET()
+        else:
+            self.do_PUT()
+
+    def _admitted(self, needs_key: bool = True, browser: bool = False) -> bool:
+        access = self.server.check_access(self.headers, needs_key, browser)
         self.cors_headers = access.cors
         if access.refusal is None:
             return True

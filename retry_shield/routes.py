@@ -1,5 +1,7 @@
 """Routing and access: the operation of a path, the upstream URL, redaction, and who may call."""
 
+import base64
+import binascii
 import functools
 import hmac
 import ipaddress
@@ -12,6 +14,9 @@ from .replies import Reply, error_reply
 OPERATIONS = ("/responses", "/chat/completions")
 GET_PATHS = ("/health", "/stats")  # the proxy's own pages, besides the upstream's /models
 OPERATION_NAMES = {"responses": "/responses", "chat": "/chat/completions"}
+# The status page's paths; a browser that is refused the key there is asked for it as a password.
+PAGE_PATHS = ("/", "/status")
+ASK_PASSWORD = ("WWW-Authenticate", 'Basic realm="retry-shield status page", charset="UTF-8"')
 # A key shorter than this is most likely a placeholder or a typo, and is masked only as a whole value.
 SHORT_KEY = 8
 
@@ -51,6 +56,29 @@ def client_key(headers: Mapping[str, str]) -> str:
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip()
     return headers.get("api-key", "").strip()
+
+
+def basic_password(headers: Mapping[str, str]) -> str:
+    """The password of an ``Authorization: Basic`` header (the user name is ignored), or ""."""
+    auth = headers.get("Authorization", "")
+    if auth[:6].lower() != "basic ":
+        return ""
+    try:
+        decoded = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return decoded.partition(":")[2]
+
+
+def is_page(path: str) -> bool:
+    """Whether ``path`` asks for the status page (``/``, ``/status``, with or without a trailing slash)."""
+    return (path.rstrip("/") or "/") in PAGE_PATHS
+
+
+def for_browser(path: str) -> bool:
+    """Whether a browser showing the page asks for ``path`` by itself: the page, and the icon it looks for
+    (which then gets its 404 with the page's password instead of a refusal logged every refresh)."""
+    return is_page(path) or path == "/favicon.ico"
 
 
 def operation_of(path: str) -> Optional[str]:
@@ -157,8 +185,13 @@ class Access(NamedTuple):
     reason: str = ""  # the refusal's error code, for the log
 
 
-def check_access(headers: Mapping[str, str], config, port: int, needs_key: bool = True) -> Access:
-    """Refuse requests from web pages, rebound host names and, with PROXY_API_KEY, strangers."""
+def check_access(headers: Mapping[str, str], config, port: int, needs_key: bool = True,
+                 browser: bool = False) -> Access:
+    """Refuse requests from web pages, rebound host names and, with PROXY_API_KEY, strangers.
+
+    ``browser``: a page a person opens, who cannot set a header from the address bar. The key
+    may come as the password of HTTP Basic authentication too, and a refusal asks for it.
+    """
     host = headers.get("Host")
     if not host_allowed(host, config.host):
         return _refusal(403, "Host %r is not this proxy; use http://127.0.0.1:%d" % (host, port), "host_not_allowed")
@@ -169,14 +202,24 @@ def check_access(headers: Mapping[str, str], config, port: int, needs_key: bool 
             return _refusal(403, "origin %r is not allowed; add it to ALLOWED_ORIGINS to let that page call the proxy"
                             % origin, "origin_not_allowed")
         cors = (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
-    if needs_key and config.proxy_api_key and not _same_key(client_key(headers), config.proxy_api_key):
+    if needs_key and config.proxy_api_key and not _has_key(headers, config.proxy_api_key, browser):
+        if browser:
+            return _refusal(401, "missing or wrong proxy key; give PROXY_API_KEY as the password (any user name), "
+                            "or send it as Authorization: Bearer KEY", "invalid_proxy_key", cors, (ASK_PASSWORD,))
         return _refusal(401, "missing or wrong proxy key; send PROXY_API_KEY as Authorization: Bearer KEY or api-key",
                         "invalid_proxy_key", cors)
     return Access(None, cors)
 
 
-def _refusal(status: int, message: str, code: str, cors: Tuple[Tuple[str, str], ...] = ()) -> Access:
-    return Access(error_reply(status, message, code, close=True), cors, code)
+def _refusal(status: int, message: str, code: str, cors: Tuple[Tuple[str, str], ...] = (),
+             headers: Sequence[Tuple[str, str]] = ()) -> Access:
+    return Access(error_reply(status, message, code, headers=headers, close=True), cors, code)
+
+
+def _has_key(headers: Mapping[str, str], expected: str, browser: bool) -> bool:
+    if _same_key(client_key(headers), expected):
+        return True
+    return browser and _same_key(basic_password(headers), expected)
 
 
 def _same_key(sent: str, expected: str) -> bool:
@@ -186,9 +229,11 @@ def _same_key(sent: str, expected: str) -> bool:
 def route_error(method: str, path: str) -> Reply:
     """405 for a known path asked with the wrong method, 404 for any other path."""
     operation = operation_of(path)
-    is_get = path.rstrip("/") in GET_PATHS
+    stripped = path.rstrip("/")
+    # "/status", not "/": a POST to "/" is more likely a base URL without /v1
+    is_get = stripped in GET_PATHS or stripped == "/status"
     if is_get or operation is not None:
-        allowed = "GET" if operation == "/models" or is_get else "POST"
+        allowed = "POST" if operation in OPERATIONS else "GET"
         return error_reply(405, "%s is not allowed on %s; use %s" % (method, path, allowed),
                            headers=[("Allow", allowed)], close=True)
     return error_reply(404, "no route %s %s; use POST /v1/responses or /v1/chat/completions" % (method, path),

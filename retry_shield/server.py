@@ -23,11 +23,13 @@ from .http1 import upstream_headers
 from .pacing import Pacer, Pacers
 from .prepare import Outbound
 from .quirks import Quirks
+from .recent import Recent
 from .replies import Reply, answer_reply, error_reply
 from .retry import RetryPolicy
-from .routes import Access, check_access, upstream_url
+from .routes import Access, check_access, mask_secrets, upstream_url
 from .shield import GAVE_UP, SUMMARY, Exchange, credentials_warning, run, summary, upstream_attempts, waiter
 from .stats import Stats
+from .status_page import page_reply, render
 from .upstream import Upstream
 from .usage import iso_time, usage_record
 from .usage_log import UsageLog
@@ -64,6 +66,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         self._apis: Dict[str, int] = collections.Counter()  # requests by "client->upstream" protocol
         self._served = [0] * len(self.endpoints)  # requests answered by each endpoint
         self._failed = [0] * len(self.endpoints)  # attempts at each endpoint that did not answer the client
+        self.recent = Recent()  # the status page's last requests and per-minute counts
         self._active = 0
         self._stats = Stats()  # since start, for /stats
         self.started_at = time.time()
@@ -80,8 +83,8 @@ class ShieldServer(http.server.ThreadingHTTPServer):
 
     # -- what the handler asks -------------------------------------------------
 
-    def check_access(self, headers: Mapping[str, str], needs_key: bool) -> Access:
-        return check_access(headers, self.config, self.server_address[1], needs_key)
+    def check_access(self, headers: Mapping[str, str], needs_key: bool, browser: bool = False) -> Access:
+        return check_access(headers, self.config, self.server_address[1], needs_key, browser)
 
     def shield(self, method: str, path: str, outbound: Outbound, started: float,
                still_wanted: Callable[[], bool], prepare_for: Optional[PrepareFor] = None) -> Exchange:
@@ -132,9 +135,12 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         return answer_reply(answer, wants_stream=False)
 
     def record(self, exchange: Exchange) -> Dict[str, Any]:
-        """Count and log a finished exchange, as its answer is about to be sent; its usage record."""
-        usage = usage_record(exchange, time.time())
+        """Count, keep for the status page and log a finished exchange, as its answer is about to be sent;
+        its usage record."""
+        ended = time.time()
+        usage = usage_record(exchange, ended)
         with self._lock:
+            self.recent.add(usage, ended)
             self._counters["requests"] += 1
             self._counters["retries"] += exchange.retries
             self._counters["gave_up"] += exchange.outcome == GAVE_UP
@@ -210,6 +216,15 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             figures = self._stats.figures()
         return dict({"since": iso_time(self.started_at), "uptime_s": round(time.monotonic() - self.started, 1)},
                     **figures)
+
+    def status_page(self) -> Reply:
+        """The status page now; keys masked again in case a client sent one as a model name."""
+        now = time.time()
+        health = self.health()
+        with self._lock:
+            records = self.recent.records()
+            minutes = self.recent.per_minute(now)
+        return page_reply(mask_secrets(render(health, records, minutes, now), self.config.secrets))
 
     # -- the stdlib's hooks ----------------------------------------------------
 
