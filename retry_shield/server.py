@@ -224,7 +224,8 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         with self._lock:
             records = self.recent.records()
             minutes = self.recent.per_minute(now)
-        return page_reply(mask_secrets(render(health, records, minutes, now), self.config.secrets))
+            figures = self._stats.figures()
+        return page_reply(mask_secrets(render(health, records, minutes, now, figures=figures), self.config.secrets))
 
     # -- the stdlib's hooks ----------------------------------------------------
 

@@ -182,9 +182,43 @@ def _card(label: str, value: Any) -> str:
     return '<div class="card"><div class="n">%s</div><div class="l">%s</div></div>' % (_e(value), _e(label))
 
 
+def figures_line(figures: Optional[Mapping[str, Any]]) -> str:
+    """The figures of /stats the cards do not show: total time, backoff, failed attempts by kind."""
+    if not figures or not figures.get("requests"):
+        return ""
+    seconds = figures.get("seconds") or {}
+    parts = []
+    if seconds.get("median") is not None and seconds.get("p95") is not None:
+        parts.append("total time: median %.2f s, p95 %.2f s" % (seconds["median"], seconds["p95"]))
+    parts.append("time in backoff: %.1f s" % (figures.get("backoff_seconds") or 0))
+    failed = figures.get("failed_attempts") or {}
+    if failed:
+        parts.append("failed attempts (absorbed): " + ", ".join(
+            "%s %d (%d)" % (kind, counts.get("failed", 0), counts.get("absorbed", 0))
+            for kind, counts in failed.items()))
+    return '<p class="apis">%s</p>' % " &middot; ".join(_e(part) for part in parts)
+
+
+def endpoints_section(endpoints: Sequence[Mapping[str, Any]]) -> str:
+    """With fallbacks, each endpoint's host, what it served and failed, and its cool-down; nothing with one."""
+    if len(endpoints) < 2:
+        return ""
+    rows = "".join(
+        '<tr><td>%s</td><td>%s</td><td class="num">%s</td><td class="num">%s</td><td class="num %s">%s</td></tr>'
+        % ("primary" if number == 0 else "fallback %d" % number, _e(entry.get("host", "")),
+           _e(entry.get("served", 0)), _e(entry.get("failed", 0)),
+           "bad" if entry.get("cooling_down_s") else "ok",
+           _e("%.1f s" % entry["cooling_down_s"]) if entry.get("cooling_down_s") else "&ndash;")
+        for number, entry in enumerate(endpoints))
+    return ('<section><h2>Endpoints</h2><table><thead><tr><th>endpoint</th><th>host</th><th class="num">served</th>'
+            '<th class="num">failed attempts</th><th class="num">cooling down</th></tr></thead><tbody>%s'
+            '</tbody></table></section>' % rows)
+
+
 def render(health: Mapping[str, Any], records: Sequence[Mapping[str, Any]], minutes: Sequence[Minute],
-           now: float, refresh: int = REFRESH_SECONDS) -> str:
-    """The whole page from the server's ``health()``, the recent usage records (newest first), the chart's minutes."""
+           now: float, refresh: int = REFRESH_SECONDS, figures: Optional[Mapping[str, Any]] = None) -> str:
+    """The whole page from the server's ``health()``, the recent usage records (newest first), the chart's minutes
+    and the figures of /stats."""
     apis = health.get("apis") or {}
     api_text = " &middot; ".join("%s: %s" % (_e(name.replace("->", " \u2192 ")), _e(count))
                                  for name, count in sorted(apis.items()))
@@ -206,9 +240,15 @@ def render(health: Mapping[str, Any], records: Sequence[Mapping[str, Any]], minu
         _card("retries", health.get("retries", 0)),
         _card("gave up", health.get("gave_up", 0)),
         _card("in flight", health.get("in_flight", 0)),
+    ]
+    if health.get("queued"):
+        parts.append(_card("waiting their turn", health["queued"]))
+    parts += [
         _card("uptime", duration(health.get("uptime_s", 0))),
         "</div>",
         '<p class="apis">client &rarr; upstream protocol: %s</p>' % (api_text or "none yet"),
+        figures_line(figures),
+        endpoints_section(health.get("endpoints") or ()),
         '<section><h2>Requests and retries per minute, last hour <span class="legend">'
         '<span class="req-key"></span>requests<span class="ret-key"></span>retries</span></h2>%s</section>'
         % chart(minutes),

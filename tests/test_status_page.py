@@ -126,6 +126,29 @@ def test_render_shows_counters_requests_and_attempts():
                      "delivered", "429 &rarr; cut &rarr; ok", "4.50", "1.25", "1200 / 34"]
 
 
+def test_render_shows_the_figures_of_stats():
+    figures = {"requests": 3, "seconds": {"median": 1.5, "p95": 4.25}, "backoff_seconds": 2.04,
+               "failed_attempts": {"http_429": {"failed": 2, "absorbed": 2}, "cut": {"failed": 1, "absorbed": 0}}}
+    page = render(HEALTH, [record()], [], NOW, figures=figures)
+    assert ("total time: median 1.50 s, p95 4.25 s &middot; time in backoff: 2.0 s &middot; "
+            "failed attempts (absorbed): http_429 2 (2), cut 1 (0)") in page
+    assert "total time" not in render(HEALTH, [], [], NOW, figures=dict(figures, requests=0))
+
+
+def test_render_lists_the_endpoints_only_with_fallbacks_and_the_queue_only_when_it_waits():
+    one = [{"host": "east.example.test", "served": 3, "failed": 1, "cooling_down_s": 0}]
+    page = render(dict(HEALTH, endpoints=one, queued=0), [], [], NOW)
+    assert "Endpoints" not in page and "waiting their turn" not in page
+    two = one + [{"host": "<west>:8443", "served": 1, "failed": 0, "cooling_down_s": 42.05}]
+    page = render(dict(HEALTH, endpoints=[dict(one[0], cooling_down_s=118.0)] + two[1:], queued=4), [], [], NOW)
+    rows = re.search(r"<h2>Endpoints</h2>.*?<tbody>(.*?)</tbody>", page).group(1)
+    cells = [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+             for row in re.findall(r"<tr>(.*?)</tr>", rows)]
+    assert cells == [["primary", "east.example.test", "3", "1", "118.0 s"],
+                     ["fallback 1", "&lt;west&gt;:8443", "1", "0", "42.0 s"]]
+    assert '<div class="n">4</div><div class="l">waiting their turn</div>' in page
+
+
 def test_render_escapes_everything_a_client_or_upstream_chose():
     hostile = '<script>alert("x")</script>'
     page = render(dict(HEALTH, upstream=hostile, apis={hostile: 1}),
@@ -162,6 +185,19 @@ def test_the_page_after_a_retried_request_shows_its_attempts(upstream, make_prox
         assert get(shield.port, path)[2].count(b"429") == page.count("429")
     code, headers, body = get(shield.port, method="HEAD")
     assert code == 200 and body == b"" and int(headers["content-length"]) > 1000
+
+
+def test_the_page_shows_each_endpoint_and_the_figures_since_start(upstream, make_upstream, make_proxy):
+    fallback = make_upstream()
+    upstream.plan(status(429, headers={"Retry-After": "120"}))
+    fallback.plan(good())
+    shield = make_proxy(upstream, FALLBACK_1_ENDPOINT=fallback.url + "/v1")
+    assert post(shield.port, body={"model": "gpt-5.5", "input": "hi", "stream": True})[0] == 200
+    code, _, body = get(shield.port)
+    page = body.decode()
+    assert code == 200 and "<h2>Endpoints</h2>" in page
+    assert "127.0.0.1:%d" % upstream.port in page and "127.0.0.1:%d" % fallback.port in page
+    assert "failed attempts (absorbed): http_429 1 (1)" in page
 
 
 def test_the_page_never_shows_a_prompt_an_answer_or_a_key(upstream, make_proxy):
