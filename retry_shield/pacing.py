@@ -5,9 +5,9 @@ import itertools
 import logging
 import threading
 import time
-import urllib.parse
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
+from .endpoints import Endpoint
 from .retry import parse_duration
 from .shield import GO, GONE, STOPPING, TIMEOUT
 from .upstream import CLIENT_CHECK_INTERVAL
@@ -123,17 +123,6 @@ class Line:
         return min(self.capacity, self.tokens + max(0.0, when - self.stamp) * self.rate)
 
 
-def endpoint_name(endpoint: str) -> str:
-    """The host (and port) of an endpoint URL, as logs name it: never a path, query or key."""
-    parts = urllib.parse.urlsplit(endpoint)
-    host = parts.hostname or "upstream"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    return "%s:%d" % (host, port) if port else host
-
-
 class Pacer:
     """The line of one endpoint, shared by every thread that sends there: the blocking wait for a turn."""
 
@@ -224,14 +213,19 @@ class Pacers:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._lock = threading.Lock()
-        self._pacers: Dict[str, Pacer] = {}
+        self._pacers: Dict[int, Pacer] = {}
 
-    def pacer_for(self, endpoint: str, rpm: float) -> Pacer:
-        """The Pacer of ``endpoint`` (its URL as configured), with ``rpm`` requests a minute (0: no limit)."""
+    def pacer_for(self, endpoint: Endpoint) -> Pacer:
+        """The Pacer of ``endpoint``, with its ``rpm_limit`` requests a minute (0: no limit).
+
+        Keyed by its number, not its URL: a fallback may share the primary's URL (another
+        deployment or key on the same resource) and still has its own quota.
+        """
         with self._lock:
-            pacer = self._pacers.get(endpoint)
+            pacer = self._pacers.get(endpoint.number)
             if pacer is None:
-                pacer = self._pacers[endpoint] = Pacer(endpoint_name(endpoint), rpm, self.clock)
+                pacer = self._pacers[endpoint.number] = Pacer(endpoint.host or "upstream", endpoint.rpm_limit,
+                                                              self.clock)
             return pacer
 
     @property

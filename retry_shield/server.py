@@ -97,8 +97,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         deadline = started + config.total_timeout
 
         def pacer_of(index: int) -> Pacer:
-            endpoint = self.endpoints[index]
-            return self.pacers.pacer_for(endpoint.url, endpoint.rpm_limit)
+            return self.pacers.pacer_for(self.endpoints[index])
 
         def attempts_at(prepared: Outbound, index: int) -> MakeAttempt:
             # Every attempt to endpoint ``index`` goes through this one callable; its pacer reads the answers.
