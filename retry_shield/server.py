@@ -137,7 +137,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         """Count, keep for the status page and log a finished exchange, as its answer is about to be sent;
         its usage record."""
         ended = time.time()
-        usage = usage_record(exchange, ended)
+        usage = usage_record(exchange, ended, self.config.secrets)
         with self._lock:
             self.recent.add(usage, ended)
             self._counters["requests"] += 1

@@ -1,7 +1,9 @@
 """The usage record of an Exchange: one JSON-ready dict per request, never a prompt, an answer or a key."""
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
+
+from .routes import mask_secrets
 
 # The token counts a record keeps, and where each protocol's usage object has them.
 TOKEN_PATHS = {
@@ -40,14 +42,19 @@ def iso_time(wall: float) -> str:
                                                    moment.tm_min, moment.tm_sec, millis)
 
 
-def usage_record(exchange: Any, ended_at: float) -> Dict[str, Any]:
+# The fields a client chose freely: a key sent as a model name must not be kept as one.
+CLIENT_TEXT = ("path", "model_asked", "model_sent")
+
+
+def usage_record(exchange: Any, ended_at: float, secrets: Tuple[str, ...] = ()) -> Dict[str, Any]:
     """What the usage log, /stats and the status page keep of one finished exchange.
 
     ``ended_at`` is the wall-clock time (``time.time()``) the answer was sent. Attempts keep
     their failure kind and status, not their detail: an upstream's message may quote the input.
+    A key among ``secrets`` that a client sent as a model name or in its path is masked.
     ``served_by`` is the host that answered (None when none did), ``tried`` the hosts attempted in order.
     """
-    return {
+    record = {
         "time": iso_time(ended_at),
         "path": exchange.path,
         "client_api": exchange.client_protocol,
@@ -68,3 +75,7 @@ def usage_record(exchange: Any, ended_at: float) -> Dict[str, Any]:
         "served_by": exchange.served_by or None,  # hosts only: never a path, a query or a key
         "tried": list(exchange.tried),
     }
+    if secrets:
+        for name in CLIENT_TEXT:
+            record[name] = mask_secrets(record[name], secrets)
+    return record

@@ -141,6 +141,23 @@ def test_no_prompt_answer_or_key_reaches_the_log(upstream, make_proxy, tmp_path)
         assert secret not in text, secret
 
 
+def test_a_key_sent_as_the_model_is_masked_in_the_log_in_stats_and_in_its_summary(upstream, make_proxy, tmp_path,
+                                                                                  capsys):
+    path = tmp_path / "usage.jsonl"
+    upstream.plan(good())
+    shield = make_proxy(upstream, USAGE_LOG=str(path), AZURE_API_KEY=UPSTREAM_KEY, PROXY_API_KEY=PROXY_KEY)
+    auth = {"Authorization": "Bearer " + PROXY_KEY}
+    body = json.dumps({"model": UPSTREAM_KEY, "input": "hi", "stream": True}).encode()
+    assert request(shield.port, body=body, headers=auth)[0] == 200
+    settled(shield.port, auth)
+    [record] = records_of(path)
+    assert record["model_asked"] == record["model_sent"] == "***"
+    stats = request(shield.port, "GET", "/stats", body=None, headers=auth)[2].decode()
+    assert UPSTREAM_KEY not in stats and '"***"' in stats
+    code, out, _ = main_in_process(["--stats", str(path)], capsys)
+    assert code == 0 and "***" in out and UPSTREAM_KEY not in out
+
+
 @pytest.mark.parametrize("where", ["missing folder", "a folder"])
 def test_a_log_that_cannot_be_opened_stops_start_up(environ, tmp_path, taken_port, capsys, where):
     path = str(tmp_path / "no-such-folder" / "usage.jsonl") if where == "missing folder" else str(tmp_path)
