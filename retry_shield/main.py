@@ -164,10 +164,13 @@ def _banner(config: Config, server: ShieldServer) -> None:
     logger.info("upstream API: %s", _api_line(config))
     if config.forced_model:
         logger.info("forced model: %s", config.forced_model)
+    if config.rpm_limit:
+        logger.info("pacing: at most %d requests a minute to the upstream, evenly", config.rpm_limit)
     for fallback in config.endpoints[1:]:
-        logger.info("fallback %d: %s%s, model %s, upstream API %s", fallback.number, redact_url(fallback.url),
+        logger.info("fallback %d: %s%s, model %s, upstream API %s%s", fallback.number, redact_url(fallback.url),
                     " (key set)" if fallback.api_key else " (client credentials passed through)",
-                    fallback.model or "as asked", fallback.upstream_api)
+                    fallback.model or "as asked", fallback.upstream_api,
+                    ", at most %d requests a minute" % fallback.rpm_limit if fallback.rpm_limit else "")
     if config.fallbacks:
         logger.info("failover: to the next endpoint when one asks to wait over %gs or fails %d times in a row",
                     config.failover_after_wait, config.failover_after_failures)

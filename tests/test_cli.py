@@ -221,6 +221,23 @@ def test_ctrl_c_says_what_it_waits_for_and_a_second_one_stops_at_once(upstream):
     assert "Traceback" not in err and "stopped" in err
 
 
+def test_the_banner_names_the_fallbacks_and_their_pacing_never_a_key(upstream):
+    fallback_key = "sk-fallback-BANNER-0123456789"
+    process, port, stderr = start_proxy(upstream, RPM_LIMIT="270", FALLBACK_1_ENDPOINT="http://127.0.0.1:9/v1",
+                                        FALLBACK_1_API_KEY=fallback_key, FALLBACK_1_RPM_LIMIT="60",
+                                        FALLBACK_1_MODEL="dep-west")
+    try:
+        stderr.wait_for("retries: up to", timeout=10)
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+    err = stderr.text()
+    assert "pacing: at most 270 requests a minute to the upstream, evenly" in err
+    assert ("fallback 1: http://127.0.0.1:9/v1 (key set), model dep-west, upstream API auto, at most 60 requests "
+            "a minute") in err
+    assert fallback_key not in err
+
+
 def test_the_stop_line_and_exit_codes():
     assert stopping_message(5.0, 0) == "stopping"
     assert stopping_message(5.0, 1) == "stopping; waiting up to 5 s for 1 request (Ctrl-C again to stop at once)"
