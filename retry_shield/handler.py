@@ -16,7 +16,8 @@ from .errors import ClientError
 from .http1 import read_request_body
 from .prepare import parse_request, prepare
 from .replies import Reply, client_error_reply, error_reply, json_reply, reply_for
-from .routes import OPERATIONS, for_browser, is_page, mask_secrets_in_bytes, operation_of, preflight_headers, route_error
+from .routes import (OPERATIONS, for_browser, is_page, mask_secrets_in_bytes, operation_of, preflight_headers,
+                     route_error)
 from .shield import CLIENT_GONE
 from .upstream import readable
 

@@ -1,4 +1,4 @@
-"""Upstream quirks: request parameters a chat upstream refused, learned from its 400s, and requests sent without them."""
+"""Upstream quirks: parameters a chat upstream refused, learned from its 400s, and requests sent without them."""
 
 import logging
 import re

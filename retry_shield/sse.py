@@ -53,7 +53,8 @@ def is_final_error(error: object) -> bool:
     if not isinstance(error, dict):
         return False
     code, kind = error.get("code"), error.get("type")
-    return (isinstance(code, str) and code in FINAL_ERROR_CODES) or (isinstance(kind, str) and kind in FINAL_ERROR_TYPES)
+    return ((isinstance(code, str) and code in FINAL_ERROR_CODES)
+            or (isinstance(kind, str) and kind in FINAL_ERROR_TYPES))
 
 
 def data_json(line: bytes) -> Optional[dict]:

@@ -44,7 +44,8 @@ KNOWN = [
     record(at("09:02:00"), "final", [("ok", 400)], seconds=0.25, model="dep-mini", code=400),
 ]
 NOT_RECORDS = [b"not json at all", b'{"foo": 1}', b'{"time": "2026-11-30T08:1', b"\xff\xfe", b"[1, 2]",
-               json.dumps(dict(KNOWN[0], seconds="long")).encode(), json.dumps(dict(KNOWN[0], time="yesterday")).encode()]
+               json.dumps(dict(KNOWN[0], seconds="long")).encode(),
+               json.dumps(dict(KNOWN[0], time="yesterday")).encode()]
 KNOWN_FIGURES = {
     "requests": 6,
     "outcomes": {"delivered": 3, "final": 1, "gave_up": 1, "stopped": 0, "client_gone": 1},

@@ -375,7 +375,8 @@ def test_assemble_tool_calls_with_arguments_joined():
     message = choice["message"]
     assert message["content"] is None
     assert message["tool_calls"] == [
-        {"id": "call_a", "type": "function", "function": {"name": "read_file", "arguments": '{"path": "a.py", "n": 1}'}},
+        {"id": "call_a", "type": "function",
+         "function": {"name": "read_file", "arguments": '{"path": "a.py", "n": 1}'}},
         {"id": "call_b", "type": "function", "function": {"name": "shell", "arguments": '{"cmd": ["ls", "-l"]}'}},
     ]
     for tool_call in message["tool_calls"]:

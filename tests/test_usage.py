@@ -40,7 +40,8 @@ def test_usage_record_of_a_delivered_exchange_after_retries():
                 AttemptRecord(2, "cut", None, "stream ended early", 1.5),
                 AttemptRecord(3, "ok", 200, "completed", 2.0))
     record = usage_record(exchange(attempts=attempts, retries=2, waited=3.25, queued=0.5, outcome="delivered",
-                                   status=200, bytes=5000, seconds=7.0004, served_by="example.test", tried=("example.test",),
+                                   status=200, bytes=5000, seconds=7.0004, served_by="example.test",
+                                   tried=("example.test",),
                                    usage={"prompt_tokens": 7, "completion_tokens": 3}), 0.0)
     assert record == {
         "time": "1970-01-01T00:00:00.000Z", "path": "/v1/responses", "client_api": "responses",

@@ -370,7 +370,8 @@ class Terminal:
         import pty
         self.master, slave = pty.openpty()
         # A new session, then the pty as its controlling terminal: its process group is the foreground one.
-        become = "import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); os.execv(sys.argv[1], sys.argv[1:])"
+        become = ("import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+                  "os.execv(sys.argv[1], sys.argv[1:])")
         self.process = subprocess.Popen([sys.executable, "-c", become, str(wrapper.link)] + list(args),
                                         cwd=str(wrapper.workdir), env=dict(wrapper.env, **env), stdin=slave,
                                         stdout=slave, stderr=slave, start_new_session=True)
@@ -630,7 +631,8 @@ def test_the_venv_beside_the_script_is_preferred(tmp_path, upstream):
         try:
             wrapper.wait_for_client()
             pid = health(wrapper.port)["pid"]
-            return subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True).stdout
+            return subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True,
+                                  text=True).stdout
         finally:
             done.touch()
             _, err = process.communicate(timeout=30)
