@@ -98,8 +98,8 @@ def _seconds(value: Any) -> str:
     return "%.2f" % value if isinstance(value, (int, float)) and value else "&ndash;"
 
 
-def request_row(record: Mapping[str, Any]) -> str:
-    """One table row of a usage record; every value escaped."""
+def request_row(record: Mapping[str, Any], hosts: bool = False) -> str:
+    """One table row of a usage record; every value escaped. ``hosts``: with fallbacks, which host served it."""
     time_text = str(record.get("time", ""))
     api = record.get("client_api", "")
     if record.get("upstream_api") != api:
@@ -118,6 +118,11 @@ def request_row(record: Mapping[str, Any]) -> str:
         '<td class="num %s">%s</td>' % ("ok" if status == 200 else "bad", _e(status)),
         '<td class="%s">%s</td>' % (outcome_class, _e(OUTCOMES.get(outcome, outcome))),
         "<td>%s</td>" % _attempts_cell(record.get("attempts") or ()),
+    ]
+    if hosts:
+        tried = ", ".join(str(host) for host in record.get("tried") or ())
+        cells.append('<td title="tried: %s">%s</td>' % (_e(tried), _e(record.get("served_by") or "\u2013")))
+    cells += [
         '<td class="num">%s</td>' % _seconds(record.get("seconds")),
         '<td class="num">%s</td>' % _seconds(record.get("waited")),
         '<td class="num">%s</td>' % _tokens_cell(record.get("tokens")),
@@ -222,8 +227,9 @@ def render(health: Mapping[str, Any], records: Sequence[Mapping[str, Any]], minu
     apis = health.get("apis") or {}
     api_text = " &middot; ".join("%s: %s" % (_e(name.replace("->", " \u2192 ")), _e(count))
                                  for name, count in sorted(apis.items()))
-    rows = "".join(request_row(record) for record in records) or (
-        '<tr><td class="empty" colspan="10">No requests since the proxy started.</td></tr>')
+    hosts = len(health.get("endpoints") or ()) > 1
+    rows = "".join(request_row(record, hosts) for record in records) or (
+        '<tr><td class="empty" colspan="11">No requests since the proxy started.</td></tr>')
     header_meta = "v%s &middot; upstream %s (%s) &middot; port %s" % (
         _e(health.get("version", "")), _e(health.get("upstream") or "?"), _e(health.get("upstream_api", "")),
         _e(health.get("port", "")))
@@ -254,8 +260,8 @@ def render(health: Mapping[str, Any], records: Sequence[Mapping[str, Any]], minu
         % chart(minutes),
         "<section><h2>%s</h2><table><thead><tr>" % _table_title(len(records)),
         "<th>time (UTC)</th><th>path</th><th>api</th><th>model</th><th class=\"num\">status</th><th>outcome</th>"
-        "<th>attempts</th><th class=\"num\">seconds</th><th class=\"num\">waited</th>"
-        "<th class=\"num\">tokens in / out</th></tr></thead><tbody>",
+        "<th>attempts</th>%s<th class=\"num\">seconds</th><th class=\"num\">waited</th>"
+        "<th class=\"num\">tokens in / out</th></tr></thead><tbody>" % ("<th>served by</th>" if hosts else ""),
         rows,
         "</tbody></table></section></main></body></html>",
     ]

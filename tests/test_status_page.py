@@ -116,6 +116,7 @@ def test_attempt_labels_and_durations():
 
 def test_render_shows_counters_requests_and_attempts():
     page = render(HEALTH, [record()], [Minute(NOW, 1, 2)], NOW)
+    assert "served by" not in page  # one endpoint: the column would say the same on every row
     assert page.startswith("<!DOCTYPE html>") and '<meta http-equiv="refresh" content="10">' in page
     assert "example.openai.azure.com" in page and "1 h 02 min" in page and "responses \u2192 chat: 3" in page
     for label, value in (("requests", 3), ("retries", 2), ("gave up", 1), ("in flight", 0)):
@@ -198,6 +199,10 @@ def test_the_page_shows_each_endpoint_and_the_figures_since_start(upstream, make
     assert code == 200 and "<h2>Endpoints</h2>" in page
     assert "127.0.0.1:%d" % upstream.port in page and "127.0.0.1:%d" % fallback.port in page
     assert "failed attempts (absorbed): http_429 1 (1)" in page
+    row = re.search(r"<h2>Last request</h2>.*?<tbody><tr>(.*?)</tr>", page).group(1)
+    served = '<td title="tried: 127.0.0.1:%d, 127.0.0.1:%d">127.0.0.1:%d</td>' % (
+        upstream.port, fallback.port, fallback.port)
+    assert "<th>served by</th>" in page and served in row
 
 
 def test_the_page_never_shows_a_prompt_an_answer_or_a_key(upstream, make_proxy):
