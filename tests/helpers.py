@@ -36,6 +36,17 @@ def post(port, path="/v1/responses", body=STREAMED, headers=None, timeout=30):
     return request(port, "POST", path, body, headers, timeout=timeout)
 
 
+def post_and_leave(port, upstream, body=STREAMED):
+    """Send a request, wait until the upstream has its first attempt, then hang up without reading."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    try:
+        sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        upstream.wait_attempts(1, timeout=10)
+    finally:
+        sock.close()
+
+
 def free_port():
     """A port nobody listens on right now."""
     with socket.socket() as sock:

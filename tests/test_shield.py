@@ -13,7 +13,7 @@ import pytest
 
 from tests.fake_upstream import (body_for, cut, error_event, failed, good, incomplete, json_error, no_terminator, reset,
                                  stall, status)
-from tests.helpers import request
+from tests.helpers import post_and_leave, request
 
 PROTOCOLS = {"responses": "/v1/responses", "chat": "/v1/chat/completions"}
 
@@ -378,15 +378,9 @@ def test_keep_alive_serves_several_requests_on_one_connection(upstream, make_pro
 
 
 def test_client_gone_stops_retrying(upstream, make_proxy):
-    import socket
     upstream.plan(status(503))
     shield = make_proxy(upstream, RETRY_BASE_DELAY="0.5", RETRY_MAX_DELAY="0.5", MAX_RETRIES="50")
-    payload = json.dumps({"model": "m", "input": "x", "stream": True}).encode()
-    sock = socket.create_connection(("127.0.0.1", shield.port))
-    sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
-                 % (len(payload), payload))
-    upstream.wait_attempts(1, timeout=10)
-    sock.close()
+    post_and_leave(shield.port, upstream)
     deadline = time.monotonic() + 10  # a proxy that kept retrying would stay busy for 25 s
     while json.loads(request(shield.port, "GET", "/health", body=None)[2])["in_flight"]:
         assert time.monotonic() < deadline, "the proxy kept retrying for a client that left"

@@ -15,7 +15,8 @@ import pytest
 
 import proxy
 from tests.fake_upstream import cut, good, status
-from tests.helpers import assert_one_line_error, free_port, main_in_process, request, wait_for_health
+from tests.helpers import (assert_one_line_error, free_port, main_in_process, post_and_leave, request,
+                           wait_for_health)
 
 PROMPT = "PROMPT-7f3a-please-keep-this-private"
 ANSWER = "ANSWER-91bc-only-for-the-client"
@@ -113,12 +114,7 @@ def test_a_client_that_left_is_logged(upstream, make_proxy, tmp_path):
     upstream.plan(status(503))
     shield = make_proxy(upstream, USAGE_LOG=str(path), RETRY_BASE_DELAY="0.5", RETRY_MAX_DELAY="0.5",
                         MAX_RETRIES="50")
-    payload = json.dumps({"model": "m", "input": "x", "stream": True}).encode()
-    sock = socket.create_connection(("127.0.0.1", shield.port))
-    sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
-                 % (len(payload), payload))
-    upstream.wait_attempts(1, timeout=10)
-    sock.close()
+    post_and_leave(shield.port, upstream)
     settled(shield.port)
     [record] = records_of(path)
     assert (record["outcome"], record["status"]) == ("client_gone", 499)
