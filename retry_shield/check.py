@@ -1,10 +1,11 @@
-"""``--check``: one minimal streamed request to the upstream, what it found, and the one-line diagnosis of a failure."""
+"""``--check``: minimal streamed requests to each endpoint, what they found, and the one-line diagnosis of a failure."""
 
 import re
 import time
 import urllib.parse
 from typing import Any, List, NamedTuple, Optional, TextIO, Tuple, Union
 
+from .endpoints import Endpoint
 from .errors import UpstreamFailure
 from .http1 import upstream_headers
 from .quirks import KNOWN, refused_parameter, without
@@ -12,6 +13,7 @@ from .replies import NAMES_A_MODEL, json_body, says_no_such_path
 from .routes import OPERATION_NAMES, mask_secrets, operation_url_protocol, redact_url, upstream_url
 from .sse import StreamVerdict, data_json, error_text
 from .upstream import Upstream, json_error
+from .usage_log import UsageLog
 
 # The model asked for when FORCED_MODEL is not set: the one config_template.toml gives Codex.
 DEFAULT_MODEL = "gpt-5"
@@ -33,6 +35,10 @@ MESSAGE_LENGTH = 200
 LABEL = "%-14s%s"
 MODEL_FIX = ("check with a model it serves: FORCED_MODEL=NAME python proxy.py --check (on Azure NAME is a deployment's "
              "name), then set FORCED_MODEL, or the model in your client, to it")
+# The causes name the primary's settings; for a fallback, each is renamed to its own (FALLBACK_1_API_KEY).
+SUFFIXES = ("ENDPOINT", "API_KEY", "MODEL", "UPSTREAM_API")
+PRIMARY_NAMES = {Endpoint(0, "").setting(suffix): suffix for suffix in SUFFIXES}
+PRIMARY_SETTING = re.compile(r"\b(%s)\b" % "|".join(PRIMARY_NAMES))
 
 
 class Probe(NamedTuple):
@@ -132,8 +138,19 @@ def _status_cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
         _said(probe), MODEL_FIX)
 
 
-def cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
-    """The likely cause of a failed probe and its fix, as one line: "cause; fix"."""
+def for_endpoint(text: str, endpoint: Endpoint) -> str:
+    """``text``, written for the primary (as upstream.py's details are too), naming ``endpoint``'s own settings."""
+    if not endpoint.number:
+        return text
+    return PRIMARY_SETTING.sub(lambda found: endpoint.setting(PRIMARY_NAMES[found.group(1)]), text)
+
+
+def cause(probe: Probe, endpoint: Endpoint, model: str) -> str:
+    """The likely cause of a failed probe and its fix, as one line: "cause; fix", naming the endpoint's settings."""
+    return for_endpoint(_cause(probe, endpoint.url, endpoint.api_key, model), endpoint)
+
+
+def _cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
     where = _where(endpoint)
     detail = probe.detail
     if probe.kind == "dns":
@@ -178,8 +195,13 @@ def cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
     return "%s; check AZURE_ENDPOINT, then check again" % detail
 
 
-def api_advice(endpoint: str, upstream_api: str, probes: List[Probe]) -> Tuple[bool, Optional[str]]:
+def api_advice(endpoint: Endpoint, probes: List[Probe]) -> Tuple[bool, Optional[str]]:
     """Whether the proxy would work, and the line on which APIs the endpoint speaks (None: a probe's cause says it)."""
+    ok, advice = _api_advice(endpoint.url, endpoint.upstream_api, probes)
+    return ok, None if advice is None else for_endpoint(advice, endpoint)
+
+
+def _api_advice(endpoint: str, upstream_api: str, probes: List[Probe]) -> Tuple[bool, Optional[str]]:
     named = operation_url_protocol(endpoint)
     working = {probe.protocol for probe in probes if works(probe)}
     if named is not None:
@@ -214,17 +236,17 @@ def api_advice(endpoint: str, upstream_api: str, probes: List[Probe]) -> Tuple[b
                   "Chat Completions clients' requests too")
 
 
-def failure_line(endpoint: str, api_key: str, model: str, probes: List[Probe], upstream_api: str) -> str:
-    """The one line on why the check failed: the cause of the probe that matters most."""
-    named = operation_url_protocol(endpoint)
-    wanted = named or (upstream_api if upstream_api != "auto" else None)
+def failure_line(endpoint: Endpoint, model: str, probes: List[Probe]) -> str:
+    """The one line on why the endpoint failed: the cause of the probe that matters most."""
+    named = operation_url_protocol(endpoint.url)
+    wanted = named or (endpoint.upstream_api if endpoint.upstream_api != "auto" else None)
     candidates = [probe for probe in probes if not works(probe) and (wanted is None or probe.protocol == wanted)]
     if candidates and all(refuted(probe) for probe in candidates) and len(candidates) > 1:
-        return ("the upstream has neither %s nor %s (HTTP 404); check the path in AZURE_ENDPOINT: a base URL such "
-                "as https://NAME.openai.azure.com/openai/v1 or https://api.openai.com/v1" % tuple(
-                    urllib.parse.urlsplit(probe.url).path for probe in candidates))
+        return for_endpoint("the upstream has neither %s nor %s (HTTP 404); check the path in AZURE_ENDPOINT: a base "
+                            "URL such as https://NAME.openai.azure.com/openai/v1 or https://api.openai.com/v1" % tuple(
+                                urllib.parse.urlsplit(probe.url).path for probe in candidates), endpoint)
     chosen = next((probe for probe in candidates if not refuted(probe)), candidates[0] if candidates else probes[0])
-    return cause(chosen, endpoint, api_key, model)
+    return cause(chosen, endpoint, model)
 
 
 def _seconds(value: float) -> str:
@@ -262,34 +284,87 @@ def _probe_lines(probe: Probe) -> List[str]:
     return lines
 
 
-def report(config: Any, model: str, probes: List[Probe]) -> Tuple[str, int]:
-    """The check's whole output and its exit code: 0 when the proxy would work, 1 when not."""
-    named = operation_url_protocol(config.endpoint)
+class Checked(NamedTuple):
+    """One endpoint's check: the endpoint, the model asked for, and what each request found."""
+
+    endpoint: Endpoint
+    model: str
+    probes: List[Probe]
+
+
+def model_line(endpoint: Endpoint, forced_model: str) -> str:
+    """The model the check asks the endpoint for, and the setting that chose it."""
+    own = endpoint.setting("MODEL")
+    if not endpoint.model:
+        unset = "neither %s nor FORCED_MODEL is set" % own if endpoint.number else "%s is not set" % own
+        return "%s (%s; %s=NAME python proxy.py --check asks for NAME)" % (DEFAULT_MODEL, unset, own)
+    if endpoint.number and endpoint.model == forced_model:
+        return "%s (%s, else FORCED_MODEL)" % (endpoint.model, own)
+    return "%s (%s)" % (endpoint.model, own)
+
+
+def section(checked: Checked, forced_model: str) -> Tuple[List[str], Optional[str]]:
+    """One endpoint's lines, and the one line on why it fails (None: the proxy would work with it)."""
+    endpoint, probes = checked.endpoint, checked.probes
+    named = operation_url_protocol(endpoint.url)
     kind = "a full %s URL" % OPERATION_NAMES[named] if named else "a base URL"
-    chosen = ("%s (FORCED_MODEL)" % model if config.forced_model else
-              "%s (FORCED_MODEL is not set; FORCED_MODEL=NAME python proxy.py --check asks for NAME)" % model)
-    lines = [LABEL % ("endpoint", "%s (%s, UPSTREAM_API=%s)" % (redact_url(config.endpoint), kind,
-                                                               config.upstream_api)),
-             LABEL % ("model", chosen),
-             LABEL % ("key", "AZURE_API_KEY is set" if config.api_key else
-                      "AZURE_API_KEY is empty: the check sends no key (the proxy passes the client's own)"),
+    key = endpoint.setting("API_KEY")
+    lines = [LABEL % ("endpoint", "%s (%s, %s=%s)" % (redact_url(endpoint.url), kind, endpoint.setting("UPSTREAM_API"),
+                                                     endpoint.upstream_api)),
+             LABEL % ("model", model_line(endpoint, forced_model)),
+             LABEL % ("key", "%s is set" % key if endpoint.api_key else
+                      "%s is empty: the check sends no key (the proxy passes the client's own)" % key),
              ""]
     for probe in probes:
         lines += _probe_lines(probe)
-    if len(probes) < len(probe_urls(config.endpoint)):
+    urls = probe_urls(endpoint.url)
+    if len(probes) < len(urls):
         lines.append("(%s not asked: the same host, it would fail the same way)"
-                     % " and ".join(OPERATION_NAMES[protocol] for protocol, _ in probe_urls(config.endpoint)
-                                    [len(probes):]))
+                     % " and ".join(OPERATION_NAMES[protocol] for protocol, _ in urls[len(probes):]))
     lines.append("")
-    ok, advice = api_advice(config.endpoint, config.upstream_api, probes)
+    ok, advice = api_advice(endpoint, probes)
     if advice is not None and ok:
         lines.append(LABEL % ("speaks", advice))
-    if ok:
-        lines.append("check passed")
+    return lines, None if ok else (advice or failure_line(endpoint, checked.model, probes))
+
+
+def heading(endpoint: Endpoint) -> str:
+    return "primary (%s)" % endpoint.setting("ENDPOINT") if not endpoint.number else endpoint.name
+
+
+def _names(endpoints: List[Endpoint]) -> str:
+    names = [endpoint.name for endpoint in endpoints]
+    return names[0] if len(names) == 1 else "%s and %s" % (", ".join(names[:-1]), names[-1])
+
+
+def summary(checks: List[Checked], failed: List[Endpoint]) -> str:
+    """The last line with fallbacks: passed, or which endpoints fail (each one's result line says why)."""
+    if not failed:
+        return "check passed: %s work" % _names([checked.endpoint for checked in checks])
+    if len(failed) == 1:
+        return "check failed: %s does not work; its result line above says why and what to fix" % _names(failed)
+    return "check failed: %s do not work; each one's result line above says why and what to fix" % _names(failed)
+
+
+def report(config: Any, checks: List[Checked]) -> Tuple[str, int]:
+    """The check's whole output and its exit code: 0 when the proxy would work with every endpoint, 1 when not.
+
+    One endpoint: its lines, then "check passed" or "check failed: " and the cause. With fallbacks:
+    one section per endpoint, each ending with its result, then the summary.
+    """
+    sections = [section(checked, config.forced_model) for checked in checks]
+    failed = [checked.endpoint for checked, (_, failure) in zip(checks, sections) if failure is not None]
+    if len(sections) == 1:
+        lines, failure = sections[0]
+        lines.append("check passed" if failure is None else "check failed: " + failure)
     else:
-        lines.append("check failed: " + (advice or failure_line(config.endpoint, config.api_key, model, probes,
-                                                                   config.upstream_api)))
-    return mask_secrets("\n".join(lines) + "\n", config.secrets), 0 if ok else 1
+        lines = []
+        for checked, (body, failure) in zip(checks, sections):
+            lines += [heading(checked.endpoint)] + body + [
+                LABEL % ("result", "works" if failure is None else "fails: " + failure), ""]
+        lines.append(summary(checks, failed))
+    secrets = tuple(config.secrets) + tuple(checked.endpoint.api_key for checked in checks if checked.endpoint.api_key)
+    return mask_secrets("\n".join(lines) + "\n", secrets), 1 if failed else 0
 
 
 def one_line(text: Union[str, bytes], limit: int = MESSAGE_LENGTH) -> str:
@@ -320,10 +395,11 @@ def reported_model(body: Union[bytes, memoryview]) -> str:
     return ""
 
 
-def probe(upstream: Upstream, config: Any, protocol: str, url: str, model: str) -> Probe:
-    """Ask ``url`` once in ``protocol`` (again without a parameter it refuses, as the proxy would)."""
+def probe(upstream: Upstream, config: Any, endpoint: Endpoint, protocol: str, url: str, model: str) -> Probe:
+    """Ask ``url`` once in ``protocol`` with the endpoint's key (again without a parameter it refuses, as the proxy
+    would)."""
     request = check_request(protocol, model)
-    headers = upstream_headers(CHECK_HEADERS, config.api_key)
+    headers = upstream_headers(CHECK_HEADERS, endpoint.api_key)
     dropped: Tuple[str, ...] = ()
     while True:
         began = time.monotonic()
@@ -347,19 +423,30 @@ def probe(upstream: Upstream, config: Any, protocol: str, url: str, model: str) 
                          "" if streamed else error_message(answer.body), dropped=dropped)
 
 
-def run_check(config: Any, out: TextIO) -> int:
-    """``python proxy.py --check``: ask the upstream, write the report to ``out``, return the exit code."""
-    model = config.forced_model or DEFAULT_MODEL
-    upstream = Upstream(config)
+def check_endpoint(upstream: Upstream, config: Any, endpoint: Endpoint) -> Checked:
+    """Ask one endpoint in each API it may speak, with its own URL, key and model; stop where it cannot be reached."""
+    model = endpoint.model or DEFAULT_MODEL
     probes: List[Probe] = []
+    for protocol, url in probe_urls(endpoint.url):
+        probes.append(probe(upstream, config, endpoint, protocol, url, model))
+        if probes[-1].kind in UNREACHED:
+            break
+    return Checked(endpoint, model, probes)
+
+
+def run_check(config: Any, out: TextIO) -> int:
+    """``python proxy.py --check``: ask every endpoint, write the report to ``out``, return the exit code.
+
+    Raises ConfigError, as a start would, when USAGE_LOG cannot be opened (opened for appending, not written).
+    """
+    if config.usage_log:
+        UsageLog(config.usage_log).close()
+    upstream = Upstream(config)
     try:
-        for protocol, url in probe_urls(config.endpoint):
-            probes.append(probe(upstream, config, protocol, url, model))
-            if probes[-1].kind in UNREACHED:
-                break
+        checks = [check_endpoint(upstream, config, endpoint) for endpoint in config.endpoints]
     finally:
         upstream.close()
-    text, code = report(config, model, probes)
+    text, code = report(config, checks)
     out.write(text)
     out.flush()
     return code

@@ -23,6 +23,7 @@ import trustme
 import proxy
 from retry_shield.check import (DEFAULT_MODEL, MAX_TOKENS, Probe, api_advice, cause, check_request, probe_urls,
                                 reported_model, works)
+from retry_shield.endpoints import Endpoint
 from retry_shield.sse import StreamVerdict
 from tests.fake_upstream import (FakeUpstream, chat_stream, cut, good, no_terminator, raw, reset, responses_stream,
                                  stall, status)
@@ -428,19 +429,19 @@ NO_PATH = {"status": 404, "message": "Invalid URL (POST /v1/responses)"}
      "Connection reset by peer); check the scheme and port in AZURE_ENDPOINT"),
 ])
 def test_each_failure_has_one_line_naming_its_cause_and_fix(found, expected):
-    line = cause(found, ENDPOINT, "a-key-of-some-length", "gpt-5")
+    line = cause(found, Endpoint(0, ENDPOINT, "a-key-of-some-length"), "gpt-5")
     assert line.startswith(expected) or expected in line, line
     assert "\n" not in line and "; " in line
 
 
 def test_an_empty_key_is_named_when_the_credentials_are_refused():
-    line = cause(probe(status=401), ENDPOINT, "", "gpt-5")
+    line = cause(probe(status=401), Endpoint(0, ENDPOINT), "gpt-5")
     assert line.endswith("AZURE_API_KEY is empty, so no key was sent: set AZURE_API_KEY to the upstream's key")
 
 
 def test_a_404_on_a_url_with_an_api_version_mentions_it():
-    line = cause(probe(status=404, message="Resource not found"), ENDPOINT + "/x/chat/completions?api-version=1",
-                 "k", "m")
+    line = cause(probe(status=404, message="Resource not found"),
+                 Endpoint(0, ENDPOINT + "/x/chat/completions?api-version=1", "k"), "m")
     assert "check the path (or its api-version) in AZURE_ENDPOINT" in line
 
 
@@ -472,7 +473,7 @@ CHAT_400 = probe("chat", status=400, message="The model does not support chat")
     (ENDPOINT + "/responses", "auto", [RESPONSES_NO_PATH], False, None),
 ])
 def test_the_apis_an_endpoint_speaks_and_the_upstream_api_to_set(endpoint, upstream_api, probes, ok, expected):
-    said_ok, line = api_advice(endpoint, upstream_api, probes)
+    said_ok, line = api_advice(Endpoint(0, endpoint, upstream_api=upstream_api), probes)
     assert said_ok is ok
     if expected is None:
         assert line is None
