@@ -21,8 +21,8 @@ import pytest
 import trustme
 
 import proxy
-from retry_shield.check import (DEFAULT_MODEL, MAX_TOKENS, Probe, api_advice, cause, check_request, probe_urls,
-                                reported_model, works)
+from retry_shield.check import DEFAULT_MODEL, MAX_TOKENS, check_request, probe_urls, reported_model
+from retry_shield.check_diagnosis import Probe, api_advice, cause, works
 from retry_shield.endpoints import Endpoint
 from retry_shield.sse import StreamVerdict
 from tests.fake_upstream import (FakeUpstream, chat_stream, cut, good, no_terminator, raw, reset, responses_stream,
