@@ -201,18 +201,22 @@ def readme_examples():
     return re.findall(r"```\n\$ python proxy.py --check\n(.*?)```", section, re.DOTALL)
 
 
-def as_documented(out, port):
-    """The output as README shows it: the upstream on port 8080, the times of that run."""
-    return re.sub(r"\d+\.\d{3} s", "T s", out.replace("127.0.0.1:%d" % port, "127.0.0.1:8080").replace(
-        "127.0.0.1 port %d" % port, "127.0.0.1 port 8080"))
+def as_documented(out, port, fallback_port=8081):
+    """The output as README shows it: the upstream on port 8080, a fallback on 8081, the times of that run."""
+    for ours, documented in ((port, 8080), (fallback_port, 8081)):
+        out = out.replace("127.0.0.1:%d" % ours, "127.0.0.1:%d" % documented).replace(
+            "127.0.0.1 port %d" % ours, "127.0.0.1 port %d" % documented)
+    return re.sub(r"\d+\.\d{3} s", "T s", out)
 
 
 def test_the_readme_examples_are_what_the_check_prints(chat_upstream, closed_port, check):
-    passed, failed = readme_examples()
+    passed, failed, with_fallback = readme_examples()
     code, out, _ = check(chat_upstream.url + "/v1")
     assert code == 0 and as_documented(out, chat_upstream.port) == as_documented(passed, 8080)
     code, out, _ = check("http://127.0.0.1:%d/v1" % closed_port)
     assert code == 1 and as_documented(out, closed_port) == as_documented(failed, 8080)
+    code, out, _ = check(chat_upstream.url + "/v1", FALLBACK_1_ENDPOINT="http://127.0.0.1:%d/v1" % closed_port)
+    assert code == 1 and as_documented(out, chat_upstream.port, closed_port) == as_documented(with_fallback, 8080)
 
 
 def test_ctrl_c_during_a_check_is_one_line_and_exit_130(upstream, taken_port):
