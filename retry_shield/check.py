@@ -160,6 +160,7 @@ def report(config: Any, checks: List[Checked]) -> Tuple[str, int]:
             lines += [heading(checked.endpoint)] + body + [
                 LABEL % ("result", "works" if failure is None else "fails: " + failure), ""]
         lines.append(summary(checks, failed))
+    # Each endpoint's own key as well as config.secrets: the report holds none, whoever lists the keys.
     secrets = tuple(config.secrets) + tuple(checked.endpoint.api_key for checked in checks if checked.endpoint.api_key)
     return mask_secrets("\n".join(lines) + "\n", secrets), 1 if failed else 0
 
