@@ -235,6 +235,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if build_arg_parser().parse_args(argv).check:
         try:
             return run_check(config, sys.stdout)
+        except ConfigError as exc:  # USAGE_LOG cannot be opened: the same line and exit code as a start
+            sys.stderr.write("proxy.py: error: %s\n" % exc)
+            return 2
         except KeyboardInterrupt:  # no stop signals are handled without a server: Ctrl-C lands here
             sys.stderr.write("proxy.py: check interrupted\n")
             return exit_code(signal.SIGINT)

@@ -21,12 +21,13 @@ import pytest
 import trustme
 
 import proxy
-from retry_shield.check import (DEFAULT_MODEL, MAX_TOKENS, Probe, api_advice, cause, check_request, probe_urls,
-                                reported_model, works)
+from retry_shield.check import DEFAULT_MODEL, MAX_TOKENS, check_request, probe_urls, reported_model
+from retry_shield.check_diagnosis import Probe, api_advice, cause, works
+from retry_shield.endpoints import Endpoint
 from retry_shield.sse import StreamVerdict
 from tests.fake_upstream import (FakeUpstream, chat_stream, cut, good, no_terminator, raw, reset, responses_stream,
                                  stall, status)
-from tests.helpers import main_in_process
+from tests.helpers import assert_one_line_error, main_in_process
 from tests.test_mistakes import UNRESOLVABLE, invalid_does_not_resolve  # noqa: F401 - a fixture
 
 KEY = "sk-check-secret-0123456789"
@@ -200,18 +201,22 @@ def readme_examples():
     return re.findall(r"```\n\$ python proxy.py --check\n(.*?)```", section, re.DOTALL)
 
 
-def as_documented(out, port):
-    """The output as README shows it: the upstream on port 8080, the times of that run."""
-    return re.sub(r"\d+\.\d{3} s", "T s", out.replace("127.0.0.1:%d" % port, "127.0.0.1:8080").replace(
-        "127.0.0.1 port %d" % port, "127.0.0.1 port 8080"))
+def as_documented(out, port, fallback_port=8081):
+    """The output as README shows it: the upstream on port 8080, a fallback on 8081, the times of that run."""
+    for ours, documented in ((port, 8080), (fallback_port, 8081)):
+        out = out.replace("127.0.0.1:%d" % ours, "127.0.0.1:%d" % documented).replace(
+            "127.0.0.1 port %d" % ours, "127.0.0.1 port %d" % documented)
+    return re.sub(r"\d+\.\d{3} s", "T s", out)
 
 
 def test_the_readme_examples_are_what_the_check_prints(chat_upstream, closed_port, check):
-    passed, failed = readme_examples()
+    passed, failed, with_fallback = readme_examples()
     code, out, _ = check(chat_upstream.url + "/v1")
     assert code == 0 and as_documented(out, chat_upstream.port) == as_documented(passed, 8080)
     code, out, _ = check("http://127.0.0.1:%d/v1" % closed_port)
     assert code == 1 and as_documented(out, closed_port) == as_documented(failed, 8080)
+    code, out, _ = check(chat_upstream.url + "/v1", FALLBACK_1_ENDPOINT="http://127.0.0.1:%d/v1" % closed_port)
+    assert code == 1 and as_documented(out, chat_upstream.port, closed_port) == as_documented(with_fallback, 8080)
 
 
 def test_ctrl_c_during_a_check_is_one_line_and_exit_130(upstream, taken_port):
@@ -370,6 +375,175 @@ def test_no_key_is_ever_printed(upstream, check, capsys):
 
 
 # ---------------------------------------------------------------------------
+# Fallbacks: each endpoint asked with its own URL, key, model and API, its own section
+# ---------------------------------------------------------------------------
+
+PRIMARY_KEY = "sk-primary-check-4c1f9e7a2b"
+FALLBACK_KEY = "sk-fallback-one-8d2e6b0c5f"
+SECOND_KEY = "sk-fallback-two-3a7d1e9b4c"
+
+
+@pytest.fixture
+def other_closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def sections(out):
+    """The report's sections by heading (the lines up to the next blank line before a heading)."""
+    found, name = {}, None
+    for line in out.splitlines():
+        if line.startswith("primary (") or re.match(r"FALLBACK_\d+$", line):
+            name = line
+            found[name] = []
+        elif name is not None:
+            found[name].append(line)
+    return found
+
+
+def test_a_dead_fallback_fails_the_check_naming_it_and_its_setting(chat_upstream, closed_port, check):
+    code, out, _ = check(chat_upstream.url + "/v1/chat/completions",
+                         FALLBACK_1_ENDPOINT="http://127.0.0.1:%d/v1" % closed_port)
+    assert code == 1, out
+    assert list(sections(out)) == ["primary (AZURE_ENDPOINT)", "FALLBACK_1"]
+    assert field(out, "result") == [
+        "works", "fails: nothing listens on 127.0.0.1 port %d (connection refused); check the host and port in "
+                 "FALLBACK_1_ENDPOINT, and that the upstream server is running" % closed_port]
+    assert last_line(out) == "check failed: FALLBACK_1 does not work; its result line above says why and what to fix"
+    assert len(chat_upstream.requests) == 1  # the primary once; the fallback's host is not the primary's
+
+
+def test_every_endpoint_that_fails_is_named_and_a_working_set_passes(upstream, make_upstream, closed_port,
+                                                                     other_closed_port, check):
+    code, out, _ = check("http://127.0.0.1:%d/v1" % closed_port, FALLBACK_1_ENDPOINT=upstream.url + "/v1",
+                         FALLBACK_2_ENDPOINT="http://127.0.0.1:%d/v1" % other_closed_port)
+    assert code == 1, out
+    assert field(out, "result")[1] == "works" and "check the host and port in AZURE_ENDPOINT" in out
+    assert last_line(out) == ("check failed: the primary and FALLBACK_2 do not work; each one's result line above "
+                              "says why and what to fix")
+    code, out, _ = check(upstream.url + "/v1", FALLBACK_1_ENDPOINT=make_upstream().url + "/v1", FALLBACK_2_ENDPOINT="")
+    assert code == 0 and field(out, "result") == ["works", "works"], out
+    assert last_line(out) == "check passed: the primary and FALLBACK_1 work"
+
+
+def test_refused_credentials_on_a_fallback_name_its_key(upstream, make_upstream, check):
+    fallback = make_upstream()
+    fallback.plan(status(401))
+    code, out, _ = check(upstream.url + "/v1/responses", AZURE_API_KEY=PRIMARY_KEY,
+                         FALLBACK_1_ENDPOINT=fallback.url + "/v1/responses", FALLBACK_1_API_KEY=FALLBACK_KEY)
+    assert code == 1, out
+    [_, result] = field(out, "result")
+    assert result.startswith("fails: the upstream refused the credentials (HTTP 401: fake upstream error 401); "
+                             "check FALLBACK_1_API_KEY: the key of this endpoint's resource"), result
+    assert "AZURE_API_KEY" not in result
+    assert field(out, "key") == ["AZURE_API_KEY is set", "FALLBACK_1_API_KEY is set"]
+    assert upstream.requests[0].headers["api-key"] == PRIMARY_KEY
+    assert fallback.requests[0].headers["api-key"] == FALLBACK_KEY  # each endpoint its own key, never another's
+
+
+def test_a_fallback_without_a_key_is_said_to_send_none(upstream, make_upstream, check):
+    fallback = make_upstream()
+    fallback.plan(status(403))
+    code, out, _ = check(upstream.url + "/v1/responses", AZURE_API_KEY=PRIMARY_KEY,
+                         FALLBACK_1_ENDPOINT=fallback.url + "/v1/responses")
+    assert code == 1, out
+    assert field(out, "key")[1] == "FALLBACK_1_API_KEY is empty: the check sends no key (the proxy passes the " \
+                                   "client's own)"
+    assert field(out, "result")[1].endswith("FALLBACK_1_API_KEY is empty, so no key was sent: set FALLBACK_1_API_KEY "
+                                            "to the upstream's key")
+    assert "api-key" not in fallback.requests[0].headers and "authorization" not in fallback.requests[0].headers
+
+
+def test_a_chat_only_fallback_base_url_names_its_upstream_api(upstream, make_upstream, check):
+    fallback = make_upstream(speaks=("chat",))
+    code, out, _ = check(upstream.url + "/v1", FALLBACK_1_ENDPOINT=fallback.url + "/v1")
+    assert code == 0, out
+    assert field(out, "endpoint")[1] == "%s/v1 (a base URL, FALLBACK_1_UPSTREAM_API=auto)" % fallback.url
+    speaks = field(out, "speaks")
+    assert speaks[0].startswith("both APIs; UPSTREAM_API=auto is right"), speaks
+    assert speaks[1].startswith("Chat Completions only; set FALLBACK_1_UPSTREAM_API=chat, so that Codex's Responses "
+                                "requests are translated"), speaks
+    code, out, _ = check(upstream.url + "/v1", FALLBACK_1_ENDPOINT=fallback.url + "/v1",
+                         FALLBACK_1_UPSTREAM_API="responses")
+    assert code == 1, out
+    assert field(out, "result")[1] == ("fails: the upstream speaks only Chat Completions, but "
+                                       "FALLBACK_1_UPSTREAM_API=responses sends every request as the Responses API; "
+                                       "set FALLBACK_1_UPSTREAM_API=chat")
+
+
+def test_each_endpoint_is_asked_for_its_own_model(upstream, make_upstream, check):
+    first, second = make_upstream(), make_upstream()
+    code, out, _ = check(upstream.url + "/v1/responses", FORCED_MODEL="dep-primary",
+                         FALLBACK_1_ENDPOINT=first.url + "/v1/chat/completions", FALLBACK_1_MODEL="dep-west",
+                         FALLBACK_2_ENDPOINT=second.url + "/v1/responses")
+    assert code == 0, out
+    assert [fake.requests[0].json["model"] for fake in (upstream, first, second)] == [
+        "dep-primary", "dep-west", "dep-primary"]
+    assert first.requests[0].json == check_request("chat", "dep-west")
+    assert field(out, "model")[0::2] == ["dep-primary (FORCED_MODEL)", "dep-west (FALLBACK_1_MODEL)",
+                                         "dep-primary (FALLBACK_2_MODEL, else FORCED_MODEL)"]
+
+
+def test_a_fallback_without_any_model_setting_is_asked_for_the_default(upstream, make_upstream, check):
+    fallback = make_upstream()
+    code, out, _ = check(upstream.url + "/v1/responses", FALLBACK_1_ENDPOINT=fallback.url + "/v1/responses")
+    assert code == 0 and fallback.requests[0].json["model"] == DEFAULT_MODEL, out
+    assert field(out, "model")[2] == ("gpt-5 (neither FALLBACK_1_MODEL nor FORCED_MODEL is set; FALLBACK_1_MODEL=NAME "
+                                      "python proxy.py --check asks for NAME)")
+
+
+def test_a_missing_model_on_a_fallback_says_to_set_its_model(upstream, make_upstream, check):
+    fallback = make_upstream()
+    fallback.plan(status(404, body={"error": {"code": "model_not_found", "message": "The model `gpt-5` does not "
+                                                                                    "exist"}}))
+    code, out, _ = check(upstream.url + "/v1/responses", FALLBACK_1_ENDPOINT=fallback.url + "/v1/responses")
+    assert code == 1, out
+    assert "check with a model it serves: FALLBACK_1_MODEL=NAME python proxy.py --check (on Azure NAME is a " \
+           "deployment's name), then set FALLBACK_1_MODEL" in field(out, "result")[1]
+
+
+def test_no_fallback_key_is_ever_printed(upstream, make_upstream, check):
+    """Each fallback's key goes upstream in the headers and sits in its endpoint's query; the upstream echoes it."""
+    first, second = make_upstream(), make_upstream()
+    for fake, key in ((first, FALLBACK_KEY), (second, SECOND_KEY)):
+        fake.plan(status(401, body={"error": {"message": "Incorrect API key provided: %s." % key}}))
+    code, out, err = check(upstream.url + "/v1/responses", "--debug", AZURE_API_KEY=PRIMARY_KEY,
+                           FALLBACK_1_ENDPOINT=first.url + "/v1/responses?api-key=" + FALLBACK_KEY,
+                           FALLBACK_1_API_KEY=FALLBACK_KEY,
+                           FALLBACK_2_ENDPOINT=second.url + "/v1?api-version=1&api-key=" + SECOND_KEY,
+                           FALLBACK_2_API_KEY=SECOND_KEY)
+    assert code == 1
+    assert FALLBACK_KEY in first.requests[0].query and SECOND_KEY in second.requests[0].query
+    assert first.requests[0].headers["api-key"] == FALLBACK_KEY and second.requests[0].headers["api-key"] == SECOND_KEY
+    for key in (PRIMARY_KEY, FALLBACK_KEY, SECOND_KEY):
+        assert key not in out + err
+    assert "Incorrect API key provided: ***." in out
+    assert out.count("fails: the upstream refused the credentials") == 2
+
+
+# ---------------------------------------------------------------------------
+# USAGE_LOG: opened as a start opens it
+# ---------------------------------------------------------------------------
+
+
+def test_a_usage_log_that_cannot_be_opened_exits_2_with_one_line(upstream, check, tmp_path):
+    path = tmp_path / "no-such-folder" / "usage.jsonl"
+    code, out, err = check(upstream.url + "/v1", USAGE_LOG=str(path))
+    assert_one_line_error(code, err, "cannot open the usage log USAGE_LOG=%s: No such file or directory" % path,
+                          "set USAGE_LOG to a file you can write")
+    assert out == "" and upstream.requests == []  # as a start would: nothing is asked
+
+
+def test_a_usage_log_that_opens_is_not_written(upstream, check, tmp_path):
+    path = tmp_path / "usage.jsonl"
+    path.write_bytes(b'{"earlier":1}\n')
+    code, out, _ = check(upstream.url + "/v1", USAGE_LOG=str(path))
+    assert code == 0 and last_line(out) == "check passed", out
+    assert path.read_bytes() == b'{"earlier":1}\n'
+
+
+# ---------------------------------------------------------------------------
 # The diagnosis, as data
 # ---------------------------------------------------------------------------
 
@@ -428,19 +602,19 @@ NO_PATH = {"status": 404, "message": "Invalid URL (POST /v1/responses)"}
      "Connection reset by peer); check the scheme and port in AZURE_ENDPOINT"),
 ])
 def test_each_failure_has_one_line_naming_its_cause_and_fix(found, expected):
-    line = cause(found, ENDPOINT, "a-key-of-some-length", "gpt-5")
+    line = cause(found, Endpoint(0, ENDPOINT, "a-key-of-some-length"), "gpt-5")
     assert line.startswith(expected) or expected in line, line
     assert "\n" not in line and "; " in line
 
 
 def test_an_empty_key_is_named_when_the_credentials_are_refused():
-    line = cause(probe(status=401), ENDPOINT, "", "gpt-5")
+    line = cause(probe(status=401), Endpoint(0, ENDPOINT), "gpt-5")
     assert line.endswith("AZURE_API_KEY is empty, so no key was sent: set AZURE_API_KEY to the upstream's key")
 
 
 def test_a_404_on_a_url_with_an_api_version_mentions_it():
-    line = cause(probe(status=404, message="Resource not found"), ENDPOINT + "/x/chat/completions?api-version=1",
-                 "k", "m")
+    line = cause(probe(status=404, message="Resource not found"),
+                 Endpoint(0, ENDPOINT + "/x/chat/completions?api-version=1", "k"), "m")
     assert "check the path (or its api-version) in AZURE_ENDPOINT" in line
 
 
@@ -472,7 +646,7 @@ CHAT_400 = probe("chat", status=400, message="The model does not support chat")
     (ENDPOINT + "/responses", "auto", [RESPONSES_NO_PATH], False, None),
 ])
 def test_the_apis_an_endpoint_speaks_and_the_upstream_api_to_set(endpoint, upstream_api, probes, ok, expected):
-    said_ok, line = api_advice(endpoint, upstream_api, probes)
+    said_ok, line = api_advice(Endpoint(0, endpoint, upstream_api=upstream_api), probes)
     assert said_ok is ok
     if expected is None:
         assert line is None
