@@ -254,7 +254,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--env-file", metavar="PATH", help="read settings from PATH instead of .env beside proxy.py")
     parser.add_argument("--debug", action="store_true", help="log every attempt in detail (LOG_LEVEL=DEBUG)")
     parser.add_argument("--check", action="store_true",
-                        help="start nothing: send one small streamed request to the upstream with these settings, "
+                        help="start nothing: send one small streamed request to each endpoint with these settings, "
                              "say what came back and what to fix, and exit (0: it works, 1: it does not)")
     parser.add_argument("--stats", nargs="?", const="", metavar="FILE",
                         help="print a summary of the usage log FILE (default: USAGE_LOG) and exit")
