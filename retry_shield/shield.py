@@ -189,8 +189,9 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
                                       clock() - began, endpoint))
         step = course.misconfigured(answer, number)
         if step is not None:
-            with answer:  # not the client's: its buffer goes back now
-                retries, waited, ended = _waited(wait, step.wait, clock, retries, waited, step.action != MOVE)
+            with answer:  # not the client's: its buffer goes back now, before any wait
+                waits = step.action != MOVE
+            retries, waited, ended = _waited(wait, step.wait, clock, retries, waited, waits)
             if ended != GO:
                 return finish(attempts, retries, waited, STOPPED if ended == STOPPING else CLIENT_GONE,
                               failure=failure, status=503 if ended == STOPPING else 499)
@@ -317,7 +318,7 @@ def credentials_warning(exchange: Exchange, config: Any) -> Optional[str]:
         return None
     refused = "the upstream refused the credentials (HTTP %d)" % last.status
     if last.endpoint:  # a fallback's answer: every endpoint refused, this one last
-        return ("FALLBACK_%d refused the credentials (HTTP %d), and no other endpoint was free; check "
+        return ("FALLBACK_%d refused the credentials (HTTP %d), and no other endpoint could serve in time; check "
                 "FALLBACK_%d_API_KEY" % (last.endpoint, last.status, last.endpoint))
     if config.api_key:
         return refused + "; check AZURE_API_KEY"

@@ -13,7 +13,8 @@ from retry_shield.failover import (FAILURES_COOL_DOWN, GIVE_UP, MAX_COOL_DOWN, M
                                    first_free)
 from retry_shield.replies import give_up_reply
 from retry_shield.retry import RetryPolicy
-from retry_shield.shield import DELIVERED, FINAL, GAVE_UP, GO, SUMMARY, TIMEOUT, Exchange, credentials_warning, run, summary
+from retry_shield.shield import (DELIVERED, FINAL, GAVE_UP, GO, SUMMARY, TIMEOUT, Exchange, credentials_warning, run,
+                                 summary)
 from retry_shield.sse import StreamVerdict
 from tests.test_engine import OUTBOUND, Clock, failure, good
 
@@ -27,8 +28,9 @@ ENDPOINTS = (Endpoint(0, "http://east.test/v1"), Endpoint(1, "http://west.test:8
 # ---------------------------------------------------------------------------
 
 
-def decide(asked=None, wait=1.0, streak=1, attempts_left=True, deadline=700.0, until=(0.0, 0.0, 0.0), current=0):
-    return after_failure(100.0, current, streak, asked, wait, attempts_left, deadline, until, SETTINGS)
+def decide(asked=None, wait=1.0, streak=1, attempts_left=True, deadline=700.0, until=(0.0, 0.0, 0.0), current=0,
+           capped=""):
+    return after_failure(100.0, current, streak, asked, wait, attempts_left, deadline, until, SETTINGS, capped)
 
 
 def test_a_wait_up_to_failover_after_wait_stays_and_a_longer_one_moves_on():
@@ -94,6 +96,12 @@ def test_a_misconfigured_fallback_waits_for_the_first_other_endpoint_to_free_wit
     assert after_misconfigured(100.0, 1, True, 700.0, (500.0, 0.0, 600.0)).endpoint == 0
     late = after_misconfigured(100.0, 1, True, 450.0, (500.0, 0.0, 900.0))
     assert (late.action, late.cool_until) == (GIVE_UP, 160.0)
+
+
+def test_a_capped_kind_moves_on_and_never_waits_for_the_endpoint_it_leaves():
+    step = decide(capped="3 attempts there failed as dns")
+    assert (step.action, step.endpoint, step.cool_until, step.why) == (MOVE, 1, 160.0, "3 attempts there failed as dns")
+    assert decide(capped="dns", until=(0.0, 1000.0, 1000.0)).action == GIVE_UP  # not WAIT_FOR its own 60 s
 
 
 def test_after_a_queue_only_a_cool_down_moves_the_request():
