@@ -8,6 +8,7 @@ import pytest
 
 from retry_shield.config import load_config
 from retry_shield.errors import ConfigError
+from retry_shield.main import main
 from tests.fake_upstream import failed, good, status
 from tests.helpers import assert_one_line_error, main_in_process, post, request
 from tests.test_mistakes import UNRESOLVABLE, invalid_does_not_resolve  # noqa: F401 (a fixture)
@@ -297,12 +298,26 @@ ENDPOINT = "http://127.0.0.1:9/v1"
     ({"FALLBACK_1_ENDPOINT": "http://h.test/v1/chat/completions", "FALLBACK_1_UPSTREAM_API": "responses"},
      "FALLBACK_1_ENDPOINT is a /chat/completions URL but FALLBACK_1_UPSTREAM_API=responses"),
     ({"FAILOVER_AFTER_FAILURES": "0"}, "FAILOVER_AFTER_FAILURES='0' is not valid"),
+    ({"FALLBACK_1_ENDPOINT": "http://127.0.0.1:10/v1", "FALLBACK_1_QUOTA": "5"},
+     "FALLBACK_1_QUOTA is not a setting; a fallback has FALLBACK_1_ENDPOINT, _API_KEY, _MODEL, _UPSTREAM_API and "
+     "_RPM_LIMIT"),
+    ({"FALLBACK_1_ENDPOINT": "http://127.0.0.1:10/v1", "FALLBACK_1_RPM_LIMIT": "-1"},
+     "FALLBACK_1_RPM_LIMIT='-1' is not valid"),
 ], ids=["gap", "key without endpoint", "model without endpoint", "not a URL", "placeholder", "misspelled", "zero",
-        "bad api", "api contradicts url", "failures zero"])
+        "bad api", "api contradicts url", "failures zero", "unknown suffix", "bad rpm"])
 def test_a_bad_fallback_setting_stops_start_up_with_one_line(environ, taken_port, capsys, settings, named):
     environ.update(AZURE_ENDPOINT=ENDPOINT, PORT=str(taken_port), **settings)
     code, _, err = main_in_process([], capsys)
     assert_one_line_error(code, err, named)
+
+
+def test_help_lists_the_fallback_settings_with_their_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  FALLBACK_")}
+    assert lines["FALLBACK_n_UPSTREAM_API"].endswith("[default: auto]")
+    assert lines["FALLBACK_n_RPM_LIMIT"].endswith("[default: 0]")
+    assert "[default:" not in lines["FALLBACK_n_ENDPOINT"] + lines["FALLBACK_n_API_KEY"] + lines["FALLBACK_n_MODEL"]
 
 
 def test_a_misspelled_fallback_key_in_env_is_named(environ, taken_port, capsys, tmp_path):
