@@ -24,7 +24,7 @@ FAILURES_COOL_DOWN = 60.0
 MISCONFIGURED = frozenset((401, 403, 404))
 # Failures of a fallback that no retry changes and that its own settings cause: an untrusted or missing TLS
 # (FALLBACK_n_ENDPOINT), an upstream that speaks the other API (FALLBACK_n_UPSTREAM_API).
-MISCONFIGURED_KINDS = {"tls": "ENDPOINT", "wrong_api": "UPSTREAM_API"}
+MISCONFIGURED_KINDS = {"tls": ("ENDPOINT",), "wrong_api": ("UPSTREAM_API",)}
 
 # One attempt at an endpoint: make_attempt(number) returns an UpstreamAnswer or raises UpstreamFailure, ClientGone.
 MakeAttempt = Callable[[int], UpstreamAnswer]
@@ -231,19 +231,19 @@ class Course:
         WAIT_FOR; None: the client gets this answer."""
         if self.route is None or self.current == 0 or answer.status not in MISCONFIGURED:
             return None
-        step = self._misconfigured("API_KEY" if answer.status in (401, 403) else "ENDPOINT and MODEL",
+        step = self._misconfigured(("API_KEY",) if answer.status in (401, 403) else ("ENDPOINT", "MODEL"),
                                    number <= self.policy.max_retries, "answered HTTP %d" % answer.status)
         return step if step.action != GIVE_UP else None
 
-    def _misconfigured(self, check: str, attempts_left: bool, what: str = "") -> Step:
-        """Cool the current fallback down as misconfigured (``check``: its settings to check, by suffix),
+    def _misconfigured(self, check: Tuple[str, ...], attempts_left: bool, what: str = "") -> Step:
+        """Cool the current fallback down as misconfigured (``check``: the suffixes of its settings to check),
         leave it for the rest of the request, and say where the request goes. With ``what`` (an answer), log it
         here; a failure is logged by run() with the step's ``why``."""
         route = self.route
         assert route is not None
         left = self.current
         endpoint = route.endpoints[left]
-        names = " and ".join(endpoint.setting(suffix) for suffix in check.split(" and "))
+        names = " and ".join(endpoint.setting(suffix) for suffix in check)
         self.unusable[left] = "misconfigured"
         step = after_misconfigured(self.clock(), left, attempts_left, self.deadline, self._until())
         step = self._go(step._replace(why="that fallback is misconfigured: check %s" % names
