@@ -3,7 +3,6 @@
 import argparse
 import math
 import os
-import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tuple
@@ -11,15 +10,13 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Opt
 from . import __version__
 from .checks import azure_path_warning, misspelled, placeholder_in
 from .errors import ConfigError
-from .endpoints import Endpoint
+from .endpoints import PRIMARY_SETTINGS, Endpoint, fallback_help, fallback_names, read_fallbacks
 from .routes import OPERATION_NAMES, SHORT_KEY, is_loopback_host, operation_url_protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ENV_FILE = os.path.join(ROOT, ".env")
 # The settings that have a command-line flag of their own.
 FLAGS = {"HOST": "--host", "PORT": "--port"}
-# A fallback endpoint's settings: FALLBACK_1_ENDPOINT, FALLBACK_2_API_KEY, ...
-FALLBACK_KEY = re.compile(r"FALLBACK_(\d+)_([A-Z_]+)\Z")
 
 
 class EnvFile(NamedTuple):
@@ -218,15 +215,8 @@ SETTINGS = (
             "requests per minute sent to AZURE_ENDPOINT, evenly paced (a bucket of one second's worth); more wait "
             "in the proxy in arrival order; 0: no limit (set it a little below the real quota)"),
 )
-# The settings of fallback n, FALLBACK_n_<suffix>: (suffix, Endpoint field, parser, help).
-FALLBACK_SETTINGS = (
-    ("ENDPOINT", "url", _parse_endpoint, "fallback n's URL, as AZURE_ENDPOINT; tried after the primary, in order"),
-    ("API_KEY", "api_key", _parse_text, "its key, as AZURE_API_KEY; empty passes the client's own"),
-    ("MODEL", "model", _parse_text, "the model sent there (wins over FORCED_MODEL)"),
-    ("UPSTREAM_API", "upstream_api", _parse_upstream_api, "the API it speaks, as UPSTREAM_API"),
-    ("RPM_LIMIT", "rpm_limit", _number_parser(int, 0), "requests per minute sent there, as RPM_LIMIT; 0: no limit"),
-)
-FALLBACK_SUFFIXES = tuple(suffix for suffix, _, _, _ in FALLBACK_SETTINGS)
+
+SETTING_OF = {setting.env: setting for setting in SETTINGS}
 
 
 def _settings_help() -> str:
@@ -237,8 +227,8 @@ def _settings_help() -> str:
         shown = "" if default in ("", ()) else " [default: %s]" % (default,)
         lines.append("  %-24s %s%s" % (setting.env, setting.help, shown))
     lines.append("fallback endpoints (n = 1, 2, ... without a gap; see README, Several endpoints):")
-    for suffix, _, _, text in FALLBACK_SETTINGS:
-        lines.append("  %-24s %s" % ("FALLBACK_n_" + suffix, text))
+    for name, text, default in fallback_help():
+        lines.append("  %-24s %s%s" % (name, text, "" if default == "" else " [default: %s]" % (default,)))
     return "\n".join(lines)
 
 
@@ -298,7 +288,7 @@ def _load(args: argparse.Namespace, environ: Mapping[str, str], env_file: Option
         is_set = fields[meant] in values if meant in fields else bool(environ.get(meant, "").strip())
         if not is_set:
             raise ConfigError("%s in %s is not a setting; did you mean %s?" % (key, env_file.label, meant))
-    values["fallbacks"] = _fallbacks(environ, file_keys)
+    values["fallbacks"] = read_fallbacks(environ, file_keys, _parse_as)
     if "endpoint" not in values:
         if env_file is not None and not env_file.found:
             raise ConfigError("AZURE_ENDPOINT is not set, and there is no .env at %s; copy .env.example there and "
@@ -336,47 +326,13 @@ def _check_api(url_name: str, url: str, api_name: str, api: str) -> None:
 
 
 def known_names(keys: Iterable[str]) -> List[str]:
-    """Every setting's name, with the fallback settings of each number that ``keys`` use (and of the next one),
-    so that FALLBACK_1_ENDPONT is taken for a misspelling and FALLBACK_1_MODEL is not."""
-    numbers = {int(match.group(1)) for match in map(FALLBACK_KEY.match, keys) if match}
-    numbers |= {1, max(numbers, default=0) + 1}
-    return [setting.env for setting in SETTINGS] + ["FALLBACK_%d_%s" % (number, suffix) for number in sorted(numbers)
-                                                    for suffix in FALLBACK_SUFFIXES]
+    """Every setting's name, with the fallback settings of each number that ``keys`` use (and of the next one)."""
+    return [setting.env for setting in SETTINGS] + fallback_names(keys)
 
 
-def _fallbacks(environ: Mapping[str, str], file_keys: Iterable[str]) -> Tuple[Endpoint, ...]:
-    """FALLBACK_n_* as endpoints 1, 2, ...; an empty value is unset. A setting that is not a fallback's,
-    a number out of order, or a fallback setting without its FALLBACK_n_ENDPOINT is a ConfigError."""
-    given: Dict[int, Dict[str, Tuple[str, str]]] = {}
-    for key in sorted(set(environ) | set(file_keys)):
-        match = FALLBACK_KEY.match(key)
-        value = environ.get(key, "").strip()
-        if match is None or not value:
-            continue
-        number, suffix = match.groups()
-        if suffix not in FALLBACK_SUFFIXES:
-            near = misspelled([suffix], FALLBACK_SUFFIXES)
-            raise ConfigError("%s is not a setting; %s" % (
-                key, "did you mean FALLBACK_%s_%s?" % (number, near[0][1]) if near else
-                "a fallback has FALLBACK_%s_ENDPOINT, _API_KEY, _MODEL and _UPSTREAM_API" % number))
-        if number.startswith("0"):
-            raise ConfigError("%s: fallbacks are numbered from 1 (FALLBACK_1_ENDPOINT, FALLBACK_2_ENDPOINT, ...); "
-                              "rename it" % key)
-        given.setdefault(int(number), {})[suffix] = (key, value)
-    for number, settings in sorted(given.items()):
-        if "ENDPOINT" not in settings:
-            key = min(name for name, _ in settings.values())
-            raise ConfigError("%s is set but FALLBACK_%d_ENDPOINT is not; set FALLBACK_%d_ENDPOINT to that "
-                              "fallback's URL, or remove %s" % (key, number, number, key))
-    fallbacks = []
-    for expected, number in enumerate(sorted(given), 1):
-        if number != expected:
-            raise ConfigError("FALLBACK_%d_ENDPOINT is set but FALLBACK_%d_ENDPOINT is not; number the fallbacks "
-                              "1, 2, 3, ... without a gap" % (number, expected))
-        fields = {field: parse(given[number][suffix][0], given[number][suffix][1])
-                  for suffix, field, parse, _ in FALLBACK_SETTINGS if suffix in given[number]}
-        fallbacks.append(Endpoint(number=number, **fields))
-    return tuple(fallbacks)
+def _parse_as(suffix: str, name: str, value: str) -> Any:
+    """A fallback's setting, parsed as the primary's of that suffix is (FALLBACK_1_RPM_LIMIT as RPM_LIMIT)."""
+    return SETTING_OF[PRIMARY_SETTINGS[suffix]].parse(name, value)
 
 
 def config_warnings(config: Config) -> List[str]:

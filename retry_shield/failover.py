@@ -1,6 +1,7 @@
 """Failover: the endpoints, the cool-down table they share, where the next attempt goes (decided as data), and
 one request's course through the endpoints."""
 
+import collections
 import logging
 import threading
 import time
@@ -9,7 +10,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 from .endpoints import Endpoint
 from .errors import ClientError, UpstreamFailure
 from .prepare import Outbound
-from .retry import RetryPolicy
+from .retry import RETRIES_BY_KIND, RetryPolicy
 from .upstream import UpstreamAnswer
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ MAX_COOL_DOWN = 3600.0
 FAILURES_COOL_DOWN = 60.0
 # Answers of a fallback that mean the fallback's own settings are wrong, not that the request is.
 MISCONFIGURED = frozenset((401, 403, 404))
+# Failures of a fallback that no retry changes and that its own settings cause: an untrusted or missing TLS
+# (FALLBACK_n_ENDPOINT), an upstream that speaks the other API (FALLBACK_n_UPSTREAM_API).
+MISCONFIGURED_KINDS = {"tls": ("ENDPOINT",), "wrong_api": ("UPSTREAM_API",)}
 
 # One attempt at an endpoint: make_attempt(number) returns an UpstreamAnswer or raises UpstreamFailure, ClientGone.
 MakeAttempt = Callable[[int], UpstreamAnswer]
@@ -62,20 +66,23 @@ def first_free(now: float, until: Sequence[float], deadline: float) -> Step:
 
 
 def after_failure(now: float, current: int, streak: int, asked: Optional[float], wait: float, attempts_left: bool,
-                  deadline: float, until: Sequence[float], settings: FailoverSettings) -> Step:
+                  deadline: float, until: Sequence[float], settings: FailoverSettings, capped: str = "") -> Step:
     """After a retryable failure on endpoint ``current``, the ``streak``-th in a row there.
 
     ``asked`` is the wait the upstream asked for (any hint form; None: it asked none), ``wait``
     the one before another attempt there (the hint, else the backoff). ``until`` holds, per
     endpoint, the time its cool-down ends. The endpoint is left, and cools down, when it asks
-    for more than ``after_wait`` (for that wait, at most an hour) or after ``after_failures``
-    failures in a row (for 60 s); it cools down even when no attempt may follow, so that the
-    next requests start elsewhere.
+    for more than ``after_wait`` (for that wait, at most an hour), after ``after_failures``
+    failures in a row, or when ``capped`` says why no more attempts of this kind go there (both
+    for 60 s); it cools down even when no attempt may follow, so that the next requests start
+    elsewhere.
     """
-    cool_until, why = None, ""
+    cool_until, why, avoid = None, "", None
     if asked is not None and asked > settings.after_wait:
         cool_until = now + min(asked, MAX_COOL_DOWN)
         why = "it asks to wait %.0f s (over FAILOVER_AFTER_WAIT=%g)" % (asked, settings.after_wait)
+    elif capped:  # not waited for either: another stay there would only fail the same way
+        cool_until, why, avoid = now + FAILURES_COOL_DOWN, capped, float("inf")
     elif streak >= settings.after_failures:
         cool_until = now + FAILURES_COOL_DOWN
         why = "%d failures in a row (FAILOVER_AFTER_FAILURES=%d)" % (streak, settings.after_failures)
@@ -85,19 +92,32 @@ def after_failure(now: float, current: int, streak: int, asked: Optional[float],
         if now + wait >= deadline:
             return Step(GIVE_UP, current, why="TOTAL_TIMEOUT would pass")
         return Step(STAY, current, wait)
-    return _elsewhere(first_free(now, _cooled(until, current, cool_until), deadline), cool_until, why)
+    until = _cooled(until, current, cool_until if avoid is None else avoid)
+    return _elsewhere(first_free(now, until, deadline), cool_until, why)
 
 
 def after_misconfigured(now: float, current: int, attempts_left: bool, deadline: float,
                         until: Sequence[float]) -> Step:
-    """After a fallback answered 401, 403 or 404: it cools down for 60 s and the request moves on
-    at once to an endpoint that is not cooling down; with none (or no attempt left), GIVE_UP: the
-    client gets that answer."""
+    """After a fallback showed it is misconfigured (a 401, 403 or 404, a TLS or wrong-API failure): it cools
+    down for 60 s, and this request, which would get the same there, goes on to the first endpoint that
+    is free (MOVE), else waits for the one that frees first within ``deadline`` (WAIT_FOR); with none
+    (or no attempt left), GIVE_UP: the client gets that answer."""
     cool_until = now + FAILURES_COOL_DOWN
-    step = first_free(now, _cooled(until, current, cool_until), deadline)
-    if step.action != MOVE or not attempts_left:
-        return Step(GIVE_UP, current, cool_until=cool_until, why="no other endpoint is free")
+    step = first_free(now, _cooled(until, current, float("inf")), deadline)
+    if step.action == GIVE_UP or not attempts_left:
+        return Step(GIVE_UP, current, cool_until=cool_until,
+                    why="no other endpoint can serve in time" if attempts_left else "no attempt left")
     return step._replace(cool_until=cool_until)
+
+
+def after_queue(now: float, current: int, deadline: float, until: Sequence[float]) -> Optional[Step]:
+    """After a request waited its turn for endpoint ``current``: MOVE to the first free endpoint when
+    ``current`` began cooling down meanwhile; None (send there as planned) when it did not, or when no
+    other is free. The queue alone never moves a request: only a cool-down does."""
+    if until[current] <= now:
+        return None
+    step = first_free(now, until, deadline)
+    return step if step.action == MOVE else None
 
 
 def _cooled(until: Sequence[float], index: int, cool_until: float) -> List[float]:
@@ -156,6 +176,7 @@ class Course:
         self.deadline = started + policy.total_timeout
         self.current = 0
         self.streak = 0  # retryable failures in a row on the current endpoint
+        self.kinds: Dict[str, int] = collections.Counter()  # failures by kind during this stay there
         self.unusable: Dict[int, str] = {}
         self.prepared: Dict[int, Tuple[Optional[Outbound], MakeAttempt]] = {0: (None, make_attempt)}
 
@@ -171,30 +192,88 @@ class Course:
         if self.route is None:
             seconds = self.policy.next_wait(failure, number, self.clock() - self.started)
             return Step(GIVE_UP, 0) if seconds is None else Step(STAY, 0, seconds)
+        attempts_left = number <= self.policy.max_retries
         if not failure.retryable:
-            return Step(GIVE_UP, self.current)
+            if self.current == 0 or failure.kind not in MISCONFIGURED_KINDS:
+                return Step(GIVE_UP, self.current)
+            return self._misconfigured(MISCONFIGURED_KINDS[failure.kind], attempts_left)
         self.streak += 1
+        self.kinds[failure.kind] += 1
         policy = self.policy
         return self._go(after_failure(self.clock(), self.current, self.streak, policy.asked_wait(failure),
-                                      policy.wait_after(failure, number), number < policy.max_attempts_for(failure),
-                                      self.deadline, self._until(), self.route.settings))
+                                      policy.wait_after(failure, number), attempts_left, self.deadline,
+                                      self._until(), self.route.settings, self._capped(failure.kind)))
 
-    def misconfigured(self, answer: UpstreamAnswer, number: int) -> bool:
-        """Whether a fallback's 401, 403 or 404 sends the request on to another endpoint (it cools down either
-        way); False: the client gets this answer."""
+    def _capped(self, kind: str) -> str:
+        """Why no more attempts of failure ``kind`` go to this endpoint during this stay ("": they may).
+        RETRIES_BY_KIND counts per stay here: a fallback's host may resolve where the primary's does not."""
+        most = RETRIES_BY_KIND.get(kind)
+        if most is None or self.kinds[kind] <= most:
+            return ""
+        return "%d attempts there failed as %s, the most one endpoint gets for that kind" % (self.kinds[kind], kind)
+
+    def allowed(self, failure: UpstreamFailure, number: int) -> int:
+        """The attempts the failure log line counts against (``number`` of ``allowed``)."""
+        if self.route is None:
+            return max(number, self.policy.max_attempts_for(failure))  # fewer for some kinds (a name not found)
+        return self.policy.max_retries + 1  # MAX_RETRIES counts attempts across endpoints
+
+    def in_its_words(self, failure: UpstreamFailure, index: int) -> UpstreamFailure:
+        """``failure`` of endpoint ``index``, its detail naming that endpoint's settings (FALLBACK_1_ENDPOINT,
+        not AZURE_ENDPOINT): the client and the log are told what to fix where."""
+        if self.route is not None and index:
+            failure.detail = self.route.endpoints[index].in_its_words(failure.detail)
+            failure.args = (failure.detail,)
+        return failure
+
+    def misconfigured(self, answer: UpstreamAnswer, number: int) -> Optional[Step]:
+        """Where a request goes after a fallback's 401, 403 or 404 (it cools down either way): MOVE or
+        WAIT_FOR; None: the client gets this answer."""
         if self.route is None or self.current == 0 or answer.status not in MISCONFIGURED:
-            return False
+            return None
+        step = self._misconfigured(("API_KEY",) if answer.status in (401, 403) else ("ENDPOINT", "MODEL"),
+                                   number <= self.policy.max_retries, "answered HTTP %d" % answer.status)
+        return step if step.action != GIVE_UP else None
+
+    def _misconfigured(self, check: Tuple[str, ...], attempts_left: bool, what: str = "") -> Step:
+        """Cool the current fallback down as misconfigured (``check``: the suffixes of its settings to check),
+        leave it for the rest of the request, and say where the request goes. With ``what`` (an answer), log it
+        here; a failure is logged by run() with the step's ``why``."""
+        route = self.route
+        assert route is not None
         left = self.current
-        step = self._go(after_misconfigured(self.clock(), left, number <= self.policy.max_retries,
-                                            self.deadline, self._until()))
-        endpoint = self.route.endpoints[left]
-        check = endpoint.setting("API_KEY") if answer.status in (401, 403) else \
-            "%s and %s" % (endpoint.setting("ENDPOINT"), endpoint.setting("MODEL"))
-        logger.warning("%s answered HTTP %d: that fallback is misconfigured (check %s); it cools down for %.0f s; %s",
-                       self.label(left), answer.status, check, (step.cool_until or 0) - self.clock(),
-                       "moving to %s" % self.label(step.endpoint) if step.action == MOVE else
-                       "no other endpoint is free, so the client gets this answer")
-        return step.action == MOVE
+        endpoint = route.endpoints[left]
+        names = " and ".join(endpoint.setting(suffix) for suffix in check)
+        self.unusable[left] = "misconfigured"
+        step = after_misconfigured(self.clock(), left, attempts_left, self.deadline, self._until())
+        step = self._go(step._replace(why="that fallback is misconfigured: check %s" % names
+                                      + ("; " + step.why if step.action == GIVE_UP else "")))
+        if what:
+            logger.warning("%s %s: that fallback is misconfigured (check %s); it cools down for %.0f s; %s",
+                           self.label(left), what, names, FAILURES_COOL_DOWN, self._then(step))
+        return step
+
+    def _then(self, step: Step) -> str:
+        if step.action == MOVE:
+            return "moving to %s" % self.label(step.endpoint)
+        if step.action == WAIT_FOR:
+            return "every other endpoint is cooling down: waiting %.1f s for %s" % (step.wait,
+                                                                                   self.label(step.endpoint))
+        return "no other endpoint can serve within TOTAL_TIMEOUT, so the client gets this answer"
+
+    def after_queue(self) -> Optional[Step]:
+        """After a wait for its turn: MOVE (applied) when the current endpoint began cooling down meanwhile
+        and another is free; None: send as planned."""
+        if self.route is None:
+            return None
+        left = self.current
+        step = after_queue(self.clock(), left, self.deadline, self._until())
+        while step is not None and not self._ready(step.endpoint):
+            step = after_queue(self.clock(), left, self.deadline, self._until())
+        if step is None:
+            return None
+        self._move(step.endpoint)
+        return step._replace(why="%s began cooling down while this request waited its turn" % self.label(left))
 
     def _go(self, step: Step) -> Step:
         """Apply a decision: cool the current endpoint down, prepare the next (another if it cannot take the
@@ -207,8 +286,12 @@ class Course:
             again = first_free(self.clock(), self._until(), self.deadline)
             step = again._replace(cool_until=step.cool_until, why="; ".join(filter(None, (step.why, again.why))))
         if step.action != GIVE_UP and step.endpoint != self.current:
-            self.current, self.streak = step.endpoint, 0
+            self._move(step.endpoint)
         return step
+
+    def _move(self, index: int) -> None:
+        self.current, self.streak = index, 0
+        self.kinds.clear()
 
     def _ready(self, index: int) -> bool:
         if index in self.prepared:

@@ -188,8 +188,8 @@ class ShieldServer(http.server.ThreadingHTTPServer):
             active = self._active
             served, failed = list(self._served), list(self._failed)
         cooling = self.cool_downs.remaining()  # rounded up: an endpoint still cooling down never shows 0
-        endpoints = [{"host": endpoint.host, "served": served[index], "failed": failed[index],
-                      "cooling_down_s": math.ceil(cooling[index] * 10) / 10}
+        endpoints = [{"name": endpoint.short_name, "host": endpoint.host, "served": served[index],
+                      "failed": failed[index], "cooling_down_s": math.ceil(cooling[index] * 10) / 10}
                      for index, endpoint in enumerate(self.endpoints)]
         return {
             "status": "ok",

@@ -146,6 +146,10 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
             if turn != GO:
                 return _unpaced(finish, attempts, retries, waited, turn, failure, policy.total_timeout,
                                 exchange.queued)
+            moved = course.after_queue() if queued else None
+            if moved is not None:  # not the queue: a cool-down that began while it waited moves it
+                logger.warning("%s; moving to %s", moved.why, course.label(moved.endpoint))
+                continue
         began = clock()
         endpoint = course.current
         try:
@@ -154,10 +158,10 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
             attempts.append(AttemptRecord(number, "client_gone", None, "client gone", clock() - began, endpoint))
             return finish(attempts, retries, waited, CLIENT_GONE, status=499)
         except UpstreamFailure as failed:
-            failure = failed
+            failure = course.in_its_words(failed, endpoint)
             attempts.append(AttemptRecord(number, failure.kind, failure.status, failure.detail, clock() - began,
                                           endpoint))
-            allowed = max(number, policy.max_attempts_for(failure))  # fewer for some kinds (a name not found)
+            allowed = course.allowed(failure, number)
             where = course.where(endpoint)
             if failure.retryable and stopping():  # another attempt could help, but none may begin now
                 if failure.kind == "stopping":  # the stop cut this attempt short
@@ -183,9 +187,14 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
         verdict = answer.verdict
         attempts.append(AttemptRecord(number, "ok", answer.status, verdict.outcome if verdict else "",
                                       clock() - began, endpoint))
-        if course.misconfigured(answer, number):
-            with answer:  # not the client's: its buffer goes back now
-                retries += 1
+        step = course.misconfigured(answer, number)
+        if step is not None:
+            with answer:  # not the client's: its buffer goes back now, before any wait
+                waits = step.action != MOVE
+            retries, waited, ended = _waited(wait, step.wait, clock, retries, waited, waits)
+            if ended != GO:
+                return finish(attempts, retries, waited, STOPPED if ended == STOPPING else CLIENT_GONE,
+                              failure=failure, status=503 if ended == STOPPING else 499)
             continue
         final = answer.status != 200 or (verdict is not None and verdict.outcome == StreamVerdict.FAILED)
         return finish(attempts, retries, waited, FINAL if final else DELIVERED, answer=answer,
@@ -309,7 +318,7 @@ def credentials_warning(exchange: Exchange, config: Any) -> Optional[str]:
         return None
     refused = "the upstream refused the credentials (HTTP %d)" % last.status
     if last.endpoint:  # a fallback's answer: every endpoint refused, this one last
-        return ("FALLBACK_%d refused the credentials (HTTP %d), and no other endpoint was free; check "
+        return ("FALLBACK_%d refused the credentials (HTTP %d), and no other endpoint could serve in time; check "
                 "FALLBACK_%d_API_KEY" % (last.endpoint, last.status, last.endpoint))
     if config.api_key:
         return refused + "; check AZURE_API_KEY"

@@ -8,8 +8,11 @@ import pytest
 
 from retry_shield.config import load_config
 from retry_shield.errors import ConfigError
+from retry_shield.main import main
 from tests.fake_upstream import failed, good, status
 from tests.helpers import assert_one_line_error, main_in_process, post, request
+from tests.test_mistakes import UNRESOLVABLE, invalid_does_not_resolve  # noqa: F401 (a fixture)
+from tests.test_usage_log import records_of, settled
 
 PRIMARY_KEY = "primary-key-0123456789"
 FALLBACK_KEY = "fallback-key-9876543210"
@@ -166,7 +169,7 @@ def test_a_misconfigured_last_fallback_s_answer_reaches_the_client(upstream, mak
     fallback.plan(status(404))
     shield = with_fallbacks(make_proxy, upstream, fallback)
     assert post(shield.port, body=CODEX_LIKE)[0] == 404
-    assert "no other endpoint is free, so the client gets this answer" in caplog.text
+    assert "no other endpoint can serve within TOTAL_TIMEOUT, so the client gets this answer" in caplog.text
 
 
 def test_every_endpoint_cooling_down(upstream, make_upstream, make_proxy):
@@ -192,7 +195,87 @@ def test_without_fallbacks_the_summary_line_is_today_s_and_health_lists_one_endp
     assert "served_by" not in line and "tried" not in line
     assert "failed: HTTP 503" in caplog.text and " on 127.0.0.1" not in caplog.text
     entry, = health(shield)["endpoints"]
-    assert entry == {"host": "127.0.0.1:%d" % upstream.port, "served": 1, "failed": 1, "cooling_down_s": 0}
+    assert entry == {"name": "primary", "host": "127.0.0.1:%d" % upstream.port, "served": 1, "failed": 1,
+                     "cooling_down_s": 0}
+
+
+def test_health_names_each_endpoint_so_two_on_one_host_are_told_apart(upstream, make_proxy):
+    shield = make_proxy(upstream, FALLBACK_1_ENDPOINT=upstream.url + "/other/v1")
+    endpoints = health(shield)["endpoints"]
+    assert [(entry["name"], entry["host"]) for entry in endpoints] == [
+        ("primary", "127.0.0.1:%d" % upstream.port), ("FALLBACK_1", "127.0.0.1:%d" % upstream.port)]
+
+
+def test_a_primary_whose_name_does_not_resolve_fails_over(invalid_does_not_resolve, make_upstream, make_proxy,
+                                                         caplog):
+    fallback = make_upstream()
+    fallback.plan(good(text="from the fallback"))
+    shield = make_proxy(fallback, AZURE_ENDPOINT="http://%s:9/v1" % UNRESOLVABLE,
+                        FALLBACK_1_ENDPOINT=fallback.url + "/v1", MAX_RETRIES="8")
+    code, _, body = post(shield.port, body=CODEX_LIKE, timeout=60)
+    assert code == 200 and text_of(body) == "from the fallback" and fallback.attempts == 1
+    failed = [record.getMessage() for record in caplog.records if "failed on %s" % UNRESOLVABLE in record.getMessage()]
+    assert len(failed) == 3 and "3 attempts there failed as dns" in failed[-1]
+    assert "check AZURE_ENDPOINT" in failed[-1] and failed[-1].endswith("moving to FALLBACK_1 (127.0.0.1:%d)"
+                                                                        % fallback.port)
+
+
+def test_a_misconfigured_fallback_waits_for_the_primary_that_frees_in_time(upstream, make_upstream, make_proxy,
+                                                                          caplog):
+    fallback = make_upstream()
+    upstream.plan(busy(1), good(text="from the primary"))
+    fallback.plan(status(401))
+    shield = with_fallbacks(make_proxy, upstream, fallback, FAILOVER_AFTER_WAIT="0.5")
+    code, _, body = post(shield.port, body=CODEX_LIKE)
+    assert code == 200 and text_of(body) == "from the primary"
+    assert (upstream.attempts, fallback.attempts) == (2, 1)
+    assert "that fallback is misconfigured (check FALLBACK_1_API_KEY); it cools down for 60 s; every other " \
+        "endpoint is cooling down: waiting" in caplog.text
+
+
+def test_a_fallback_that_does_not_speak_tls_is_misconfigured_and_its_settings_are_named(upstream, make_upstream,
+                                                                                      make_proxy, caplog):
+    plain, second = make_upstream(), make_upstream()
+    upstream.plan(busy(120))
+    second.plan(good(text="from the second"))
+    shield = make_proxy(upstream, FALLBACK_1_ENDPOINT="https://127.0.0.1:%d/v1" % plain.port,
+                        FALLBACK_2_ENDPOINT=second.url + "/v1")
+    code, _, body = post(shield.port, body=CODEX_LIKE)
+    assert code == 200 and text_of(body) == "from the second"
+    assert "use http:// in FALLBACK_1_ENDPOINT for a plain HTTP upstream; it cools down for 60 s (that fallback is " \
+        "misconfigured: check FALLBACK_1_ENDPOINT); moving to FALLBACK_2" in caplog.text
+    assert health(shield)["endpoints"][1]["cooling_down_s"] > 50
+    # with none left, the client gets that failure, naming the fallback's setting, not the primary's
+    only = make_proxy(upstream, FALLBACK_1_ENDPOINT="https://127.0.0.1:%d/v1" % plain.port)
+    upstream.plan(busy(120))
+    code, _, body = post(only.port, body=CODEX_LIKE)
+    message = json.loads(body)["error"]["message"]
+    assert code == 502 and "use http:// in FALLBACK_1_ENDPOINT" in message and "AZURE_ENDPOINT" not in message
+
+
+def test_a_queued_request_does_not_jump_to_the_fallback_because_of_the_queue_alone(upstream, make_upstream,
+                                                                                 make_proxy):
+    # RPM_LIMIT=1 is a bucket of one request refilled once a minute: the second request's turn cannot come
+    # within TOTAL_TIMEOUT, and the primary is not cooling down, so the free fallback is not asked.
+    fallback = make_upstream()
+    shield = with_fallbacks(make_proxy, upstream, fallback, RPM_LIMIT="1", TOTAL_TIMEOUT="2")
+    assert post(shield.port, body=CODEX_LIKE)[0] == 200
+    code, _, body = post(shield.port, body=CODEX_LIKE)
+    assert code == 504 and json.loads(body)["error"]["code"] == "paced"
+    assert (upstream.attempts, fallback.attempts) == (1, 0)
+
+
+def test_the_usage_log_names_the_hosts_tried_and_the_one_that_served(upstream, make_upstream, make_proxy, tmp_path):
+    path = tmp_path / "usage.jsonl"
+    fallback = make_upstream()
+    upstream.plan(busy(120))
+    shield = with_fallbacks(make_proxy, upstream, fallback, USAGE_LOG=str(path))
+    assert post(shield.port, body=CODEX_LIKE)[0] == 200
+    settled(shield.port)
+    [record] = records_of(path)
+    primary_host, fallback_host = "127.0.0.1:%d" % upstream.port, "127.0.0.1:%d" % fallback.port
+    assert (record["served_by"], record["tried"]) == (fallback_host, [primary_host, fallback_host])
+    assert [attempt["kind"] for attempt in record["attempts"]] == ["status", "ok"]
 
 
 # -- settings ---------------------------------------------------------------------------------------------------------
@@ -215,12 +298,26 @@ ENDPOINT = "http://127.0.0.1:9/v1"
     ({"FALLBACK_1_ENDPOINT": "http://h.test/v1/chat/completions", "FALLBACK_1_UPSTREAM_API": "responses"},
      "FALLBACK_1_ENDPOINT is a /chat/completions URL but FALLBACK_1_UPSTREAM_API=responses"),
     ({"FAILOVER_AFTER_FAILURES": "0"}, "FAILOVER_AFTER_FAILURES='0' is not valid"),
+    ({"FALLBACK_1_ENDPOINT": "http://127.0.0.1:10/v1", "FALLBACK_1_QUOTA": "5"},
+     "FALLBACK_1_QUOTA is not a setting; a fallback has FALLBACK_1_ENDPOINT, _API_KEY, _MODEL, _UPSTREAM_API and "
+     "_RPM_LIMIT"),
+    ({"FALLBACK_1_ENDPOINT": "http://127.0.0.1:10/v1", "FALLBACK_1_RPM_LIMIT": "-1"},
+     "FALLBACK_1_RPM_LIMIT='-1' is not valid"),
 ], ids=["gap", "key without endpoint", "model without endpoint", "not a URL", "placeholder", "misspelled", "zero",
-        "bad api", "api contradicts url", "failures zero"])
+        "bad api", "api contradicts url", "failures zero", "unknown suffix", "bad rpm"])
 def test_a_bad_fallback_setting_stops_start_up_with_one_line(environ, taken_port, capsys, settings, named):
     environ.update(AZURE_ENDPOINT=ENDPOINT, PORT=str(taken_port), **settings)
     code, _, err = main_in_process([], capsys)
     assert_one_line_error(code, err, named)
+
+
+def test_help_lists_the_fallback_settings_with_their_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("  FALLBACK_")}
+    assert lines["FALLBACK_n_UPSTREAM_API"].endswith("[default: auto]")
+    assert lines["FALLBACK_n_RPM_LIMIT"].endswith("[default: 0]")
+    assert "[default:" not in lines["FALLBACK_n_ENDPOINT"] + lines["FALLBACK_n_API_KEY"] + lines["FALLBACK_n_MODEL"]
 
 
 def test_a_misspelled_fallback_key_in_env_is_named(environ, taken_port, capsys, tmp_path):

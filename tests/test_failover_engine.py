@@ -9,10 +9,12 @@ from retry_shield.chat_request import ChatPlan
 from retry_shield.endpoints import Endpoint
 from retry_shield.errors import ClientError, UpstreamFailure
 from retry_shield.failover import (FAILURES_COOL_DOWN, GIVE_UP, MAX_COOL_DOWN, MOVE, STAY, WAIT_FOR, CoolDowns,
-                                   FailoverSettings, Route, after_failure, after_misconfigured, first_free)
+                                   FailoverSettings, Route, after_failure, after_misconfigured, after_queue,
+                                   first_free)
 from retry_shield.replies import give_up_reply
 from retry_shield.retry import RetryPolicy
-from retry_shield.shield import DELIVERED, FINAL, GAVE_UP, GO, SUMMARY, Exchange, credentials_warning, run, summary
+from retry_shield.shield import (DELIVERED, FINAL, GAVE_UP, GO, SUMMARY, TIMEOUT, Exchange, credentials_warning, run,
+                                 summary)
 from retry_shield.sse import StreamVerdict
 from tests.test_engine import OUTBOUND, Clock, failure, good
 
@@ -26,8 +28,9 @@ ENDPOINTS = (Endpoint(0, "http://east.test/v1"), Endpoint(1, "http://west.test:8
 # ---------------------------------------------------------------------------
 
 
-def decide(asked=None, wait=1.0, streak=1, attempts_left=True, deadline=700.0, until=(0.0, 0.0, 0.0), current=0):
-    return after_failure(100.0, current, streak, asked, wait, attempts_left, deadline, until, SETTINGS)
+def decide(asked=None, wait=1.0, streak=1, attempts_left=True, deadline=700.0, until=(0.0, 0.0, 0.0), current=0,
+           capped=""):
+    return after_failure(100.0, current, streak, asked, wait, attempts_left, deadline, until, SETTINGS, capped)
 
 
 def test_a_wait_up_to_failover_after_wait_stays_and_a_longer_one_moves_on():
@@ -83,8 +86,28 @@ def test_a_misconfigured_fallback_cools_down_and_the_request_moves_on_if_it_can(
     step = after_misconfigured(100.0, 1, True, 700.0, (0.0, 0.0, 0.0))
     assert (step.action, step.endpoint, step.cool_until) == (MOVE, 0, 160.0)
     assert after_misconfigured(100.0, 1, True, 700.0, (500.0, 0.0, 0.0)).endpoint == 2
-    assert after_misconfigured(100.0, 1, True, 700.0, (500.0, 0.0, 900.0)).action == GIVE_UP
     assert after_misconfigured(100.0, 1, False, 700.0, (0.0, 0.0, 0.0)).action == GIVE_UP
+
+
+def test_a_misconfigured_fallback_waits_for_the_first_other_endpoint_to_free_within_the_deadline():
+    step = after_misconfigured(100.0, 1, True, 700.0, (500.0, 0.0, 900.0))
+    assert (step.action, step.endpoint, step.wait, step.cool_until) == (WAIT_FOR, 0, 400.0, 160.0)
+    # never itself, though its own 60 s end first: this request would get the same answer there
+    assert after_misconfigured(100.0, 1, True, 700.0, (500.0, 0.0, 600.0)).endpoint == 0
+    late = after_misconfigured(100.0, 1, True, 450.0, (500.0, 0.0, 900.0))
+    assert (late.action, late.cool_until) == (GIVE_UP, 160.0)
+
+
+def test_a_capped_kind_moves_on_and_never_waits_for_the_endpoint_it_leaves():
+    step = decide(capped="3 attempts there failed as dns")
+    assert (step.action, step.endpoint, step.cool_until, step.why) == (MOVE, 1, 160.0, "3 attempts there failed as dns")
+    assert decide(capped="dns", until=(0.0, 1000.0, 1000.0)).action == GIVE_UP  # not WAIT_FOR its own 60 s
+
+
+def test_after_a_queue_only_a_cool_down_moves_the_request():
+    assert after_queue(100.0, 0, 700.0, (0.0, 0.0, 0.0)) is None  # the queue alone: it stays
+    assert after_queue(100.0, 0, 700.0, (150.0, 0.0, 0.0))[:2] == (MOVE, 1)
+    assert after_queue(100.0, 0, 700.0, (150.0, 120.0, 130.0)) is None  # none other is free: sent as planned
 
 
 def test_cool_downs_are_shared_and_keep_the_longer_one():
@@ -141,11 +164,11 @@ class Endpoints:
         self.clock.now += seconds
         return GO
 
-    def run(self, max_retries=8, total=600.0):
+    def run(self, max_retries=8, total=600.0, pace=None):
         policy = RetryPolicy(max_retries, 1.0, 30.0, total, rng=lambda: 1.0)
         route = Route(ENDPOINTS, self.cool_downs, self.settings, self.prepare)
         return run(Exchange.of("POST", "/v1/responses", OUTBOUND, self.clock.now), self.attempt_at(0), self.wait,
-                   policy, lambda: False, self.clock, route=route)
+                   policy, lambda: False, self.clock, route=route, pace=pace)
 
 
 def too_many(seconds):
@@ -227,7 +250,7 @@ def test_a_misconfigured_fallback_with_none_left_gives_the_client_its_answer():
     endpoints = Endpoints(clock, {0: [too_many(120)], 1: [refused], 2: [too_many(300)]},
                           settings=SETTINGS)
     endpoints.cool_downs.cool(2, 1000.0)
-    exchange = endpoints.run()
+    exchange = endpoints.run(total=100.0)  # the primary frees only after TOTAL_TIMEOUT
     assert exchange.outcome == FINAL and exchange.answer is refused and exchange.served_by == "west.test:8443"
     assert "FALLBACK_1 refused" not in (credentials_warning(exchange, None) or "")  # a 404 is no credentials issue
 
@@ -236,7 +259,7 @@ def test_credentials_warning_names_the_fallback_whose_answer_the_client_got():
     clock = Clock()
     endpoints = Endpoints(clock, {0: [too_many(120)], 1: [good(status=403)]})
     endpoints.cool_downs.cool(2, 1000.0)
-    exchange = endpoints.run()
+    exchange = endpoints.run(total=100.0)
     assert exchange.answer.status == 403
     assert "check FALLBACK_1_API_KEY" in credentials_warning(exchange, None)
 
@@ -301,3 +324,117 @@ def test_the_summary_line_names_the_hosts_only_with_fallbacks():
                     "served_by=west.test:8443 tried=east.test,west.test:8443 tokens=3/4 (complete)")
     gave_up = Endpoints(clock, {0: [UpstreamFailure("tls", "untrusted", retryable=False)]}).run()
     assert " served_by=- tried=east.test " in SUMMARY % summary(gave_up)
+
+
+def test_a_misconfigured_fallback_waits_for_the_primary_that_frees_within_total_timeout(caplog):
+    clock = Clock()
+    endpoints = Endpoints(clock, {0: [too_many(30), good()], 1: [good(status=401)]})
+    endpoints.cool_downs.cool(2, 1000.0)
+    exchange = endpoints.run()
+    assert exchange.outcome == DELIVERED and exchange.served_by == "east.test"
+    assert exchange.tried == ("east.test", "west.test:8443", "east.test")
+    assert endpoints.asked_waits == [29.0]  # until the 30 s the primary asked for, from its answer at 101
+    assert (exchange.retries, exchange.waited) == (2, 29.0)
+    assert "answered HTTP 401: that fallback is misconfigured (check FALLBACK_1_API_KEY); it cools down for 60 s; " \
+        "every other endpoint is cooling down: waiting 29.0 s for the primary (east.test)" in caplog.text
+
+
+def dns_failure(host="east.test"):
+    return UpstreamFailure("dns", "cannot resolve %s; check AZURE_ENDPOINT" % host)
+
+
+def test_a_primary_whose_name_does_not_resolve_fails_over_after_its_three_attempts():
+    clock = Clock()
+    endpoints = Endpoints(clock, {0: [dns_failure() for _ in range(3)], 1: [good()]},
+                          settings=SETTINGS._replace(after_failures=5))  # the DNS cap, not failures in a row
+    exchange = endpoints.run()
+    assert [index for _, index in endpoints.calls] == [0, 0, 0, 1]
+    assert exchange.outcome == DELIVERED and exchange.served_by == "west.test:8443"
+    assert endpoints.cool_downs.until()[0] == 106.0 + FAILURES_COOL_DOWN  # from its third failure
+
+
+def test_dns_failures_are_counted_per_stay_so_each_fallback_gets_its_own_attempts(caplog):
+    clock = Clock()
+    endpoints = Endpoints(clock, {0: [dns_failure() for _ in range(3)],
+                                  1: [dns_failure("west.test") for _ in range(3)], 2: [good()]})
+    exchange = endpoints.run()
+    assert [index for _, index in endpoints.calls] == [0, 0, 0, 1, 1, 1, 2]
+    assert exchange.served_by == "north.test"
+    assert exchange.attempts[3].detail == "cannot resolve west.test; check FALLBACK_1_ENDPOINT"
+    assert "attempt 4/9 failed on west.test:8443: cannot resolve west.test; check FALLBACK_1_ENDPOINT; " \
+        "retrying in 8.0 s" in caplog.text
+
+
+def test_a_name_that_does_not_resolve_gives_up_when_no_other_endpoint_can_serve_in_time():
+    clock = Clock()
+    endpoints = Endpoints(clock, {0: [dns_failure() for _ in range(3)]})
+    endpoints.cool_downs.cool(1, 1000.0)
+    endpoints.cool_downs.cool(2, 1000.0)
+    exchange = endpoints.run()
+    assert exchange.outcome == GAVE_UP and exchange.failure.kind == "dns" and len(exchange.attempts) == 3
+    assert exchange.failure.detail == "cannot resolve east.test; check AZURE_ENDPOINT"
+
+
+TLS = "the upstream's TLS certificate is not trusted (self-signed); check AZURE_ENDPOINT, or set SSL_CERT_FILE"
+WRONG = "the upstream answered a Responses request with a Chat Completions stream: it speaks only Chat " \
+    "Completions; set UPSTREAM_API=chat"
+
+
+def test_a_fallback_s_tls_failure_marks_it_misconfigured_and_the_next_one_serves(caplog):
+    clock = Clock()
+    endpoints = Endpoints(clock, {0: [too_many(120)], 1: [UpstreamFailure("tls", TLS, retryable=False)],
+                                  2: [good()]})
+    exchange = endpoints.run()
+    assert exchange.outcome == DELIVERED and exchange.served_by == "north.test"
+    assert endpoints.cool_downs.until()[1] == 102.0 + FAILURES_COOL_DOWN
+    assert "attempt 2/9 failed on west.test:8443: the upstream's TLS certificate is not trusted (self-signed); " \
+        "check FALLBACK_1_ENDPOINT, or set SSL_CERT_FILE; it cools down for 60 s (that fallback is misconfigured: " \
+        "check FALLBACK_1_ENDPOINT); moving to FALLBACK_2 (north.test)" in caplog.text
+
+
+def test_a_fallback_s_wrong_api_with_none_left_gives_the_client_a_message_naming_its_settings():
+    clock = Clock()
+    endpoints = Endpoints(clock, {0: [too_many(120)], 1: [UpstreamFailure("wrong_api", WRONG, retryable=False)]})
+    endpoints.cool_downs.cool(2, 1000.0)
+    exchange = endpoints.run(total=100.0)
+    assert exchange.outcome == GAVE_UP and exchange.failure.kind == "wrong_api"
+    assert endpoints.cool_downs.until()[1] == 102.0 + FAILURES_COOL_DOWN
+    message = json.loads(give_up_reply(exchange.failure, len(exchange.attempts)).body)["error"]["message"]
+    assert "set FALLBACK_1_UPSTREAM_API=chat" in message and " UPSTREAM_API" not in message
+
+
+class Pacing:
+    """pace() for run(): each call is answered from ``turns`` (turn, seconds queued, what else happens meanwhile)."""
+
+    def __init__(self, clock, turns):
+        self.clock, self.turns, self.asked = clock, list(turns), []
+
+    def __call__(self, index):
+        self.asked.append(index)
+        turn, queued, meanwhile = self.turns.pop(0)
+        self.clock.now += queued
+        if meanwhile:
+            meanwhile()
+        return turn, queued
+
+
+def test_a_request_that_waited_its_turn_moves_if_its_endpoint_began_cooling_down_meanwhile(caplog):
+    clock = Clock()
+    endpoints = Endpoints(clock, {0: [good()], 1: [good()]})
+    pace = Pacing(clock, [(GO, 5.0, lambda: endpoints.cool_downs.cool(0, 220.0)), (GO, 0.0, None)])
+    exchange = endpoints.run(pace=pace)
+    assert endpoints.calls == [(1, 1)] and pace.asked == [0, 1]  # nothing was sent to the primary
+    assert exchange.served_by == "west.test:8443" and exchange.queued == 5.0 and exchange.retries == 0
+    assert "the primary (east.test) began cooling down while this request waited its turn; moving to FALLBACK_1" \
+        in caplog.text
+
+
+def test_a_queued_request_does_not_jump_to_a_fallback_because_of_the_queue_alone():
+    clock = Clock()
+    endpoints = Endpoints(clock, {0: [good()], 1: [good()]})
+    exchange = endpoints.run(pace=Pacing(clock, [(GO, 5.0, None)]))
+    assert endpoints.calls == [(1, 0)] and endpoints.prepared == [] and exchange.served_by == "east.test"
+    timed_out = Endpoints(clock, {0: [good()], 1: [good()]})
+    exchange = timed_out.run(pace=Pacing(clock, [(TIMEOUT, 20.0, None)]))
+    assert exchange.outcome == GAVE_UP and exchange.failure.kind == "paced"
+    assert timed_out.calls == [] and timed_out.prepared == []  # nothing prepared, let alone sent, for endpoint 1
