@@ -210,7 +210,7 @@ def endpoints_section(endpoints: Sequence[Mapping[str, Any]]) -> str:
         return ""
     rows = "".join(
         '<tr><td>%s</td><td>%s</td><td class="num">%s</td><td class="num">%s</td><td class="num %s">%s</td></tr>'
-        % ("primary" if number == 0 else "fallback %d" % number, _e(entry.get("host", "")),
+        % (_e(entry.get("name") or ("primary" if number == 0 else "FALLBACK_%d" % number)), _e(entry.get("host", "")),
            _e(entry.get("served", 0)), _e(entry.get("failed", 0)),
            "bad" if entry.get("cooling_down_s") else "ok",
            _e("%.1f s" % entry["cooling_down_s"]) if entry.get("cooling_down_s") else "&ndash;")

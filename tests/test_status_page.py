@@ -140,13 +140,13 @@ def test_render_lists_the_endpoints_only_with_fallbacks_and_the_queue_only_when_
     one = [{"host": "east.example.test", "served": 3, "failed": 1, "cooling_down_s": 0}]
     page = render(dict(HEALTH, endpoints=one, queued=0), [], [], NOW)
     assert "Endpoints" not in page and "waiting their turn" not in page
-    two = one + [{"host": "<west>:8443", "served": 1, "failed": 0, "cooling_down_s": 42.05}]
+    two = one + [{"name": "FALLBACK_1", "host": "<west>:8443", "served": 1, "failed": 0, "cooling_down_s": 42.05}]
     page = render(dict(HEALTH, endpoints=[dict(one[0], cooling_down_s=118.0)] + two[1:], queued=4), [], [], NOW)
     rows = re.search(r"<h2>Endpoints</h2>.*?<tbody>(.*?)</tbody>", page).group(1)
     cells = [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
              for row in re.findall(r"<tr>(.*?)</tr>", rows)]
     assert cells == [["primary", "east.example.test", "3", "1", "118.0 s"],
-                     ["fallback 1", "&lt;west&gt;:8443", "1", "0", "42.0 s"]]
+                     ["FALLBACK_1", "&lt;west&gt;:8443", "1", "0", "42.0 s"]]
     assert '<div class="n">4</div><div class="l">waiting their turn</div>' in page
 
 
