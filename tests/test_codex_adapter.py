@@ -16,7 +16,7 @@ import pytest
 from tests.chat_streams import chat_answer
 from tests.fake_upstream import cut, raw, status
 from tests.helpers import free_port
-from tests.test_codex_cli import HERE, OFFLINE, codex_binary
+from tests.test_codex_cli import OFFLINE, chatgpt_link, codex_binary
 
 # The commands of these tests are the fake upstream's, run in a fresh temp folder: no sandbox (a
 # container often cannot give Codex's Linux sandbox what it needs) and no approval prompts.
@@ -29,11 +29,7 @@ CHAT_PATH = "/v1/chat/completions"
 def codex(tmp_path, chat_upstream):
     """codex(model, prompt): one `chatgpt.sh exec` turn in a fresh work dir; (result, work dir)."""
     binary = codex_binary()
-    link = tmp_path / "bin" / "chatgpt"
-    link.parent.mkdir()
-    os.symlink(os.path.join(HERE, "chatgpt.sh"), str(link))
-    workdir = tmp_path / "work"
-    workdir.mkdir()
+    link, workdir = chatgpt_link(tmp_path)
     log = tmp_path / "proxy.log"
 
     def run(model, prompt):

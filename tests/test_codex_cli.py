@@ -30,16 +30,21 @@ def codex_binary():
     pytest.fail("the Codex CLI is not installed: run `bash .ci/install-codex` (CI does)")
 
 
+def chatgpt_link(tmp_path, bin_dir="bin"):
+    """A ``chatgpt`` symlink to chatgpt.sh in a folder of its own, and an empty work folder: (link, workdir)."""
+    link = tmp_path / bin_dir / "chatgpt"
+    link.parent.mkdir(parents=True)
+    os.symlink(os.path.join(HERE, "chatgpt.sh"), str(link))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    return link, workdir
+
+
 @pytest.fixture
 def codex_run(tmp_path, upstream):
     binary = codex_binary()
-    bin_dir = tmp_path / "elsewhere" / "bin"
-    bin_dir.mkdir(parents=True)
-    link = bin_dir / "chatgpt"
-    os.symlink(os.path.join(HERE, "chatgpt.sh"), str(link))
+    link, workdir = chatgpt_link(tmp_path, os.path.join("elsewhere", "bin"))
     home = tmp_path / "codex-home"
-    workdir = tmp_path / "work"
-    workdir.mkdir()
     port = free_port()
 
     def run():
@@ -92,11 +97,7 @@ def test_ctrl_c_on_codex_exec_through_chatgpt_sh_ends_with_130(tmp_path, upstrea
     """A real Ctrl-C (the terminal's) while Codex waits for an answer: exit code 130, nothing left running."""
     import pty
     binary = codex_binary()
-    link = tmp_path / "bin" / "chatgpt"
-    link.parent.mkdir()
-    os.symlink(os.path.join(HERE, "chatgpt.sh"), str(link))
-    workdir = tmp_path / "work"
-    workdir.mkdir()
+    link, workdir = chatgpt_link(tmp_path)
     port = free_port()
     upstream.plan(stall(60))
     env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", PORT=str(port), CODEX_HOME=str(tmp_path / "home"),

@@ -8,7 +8,7 @@ import time
 
 from tests.fake_upstream import good, status
 from tests.helpers import free_port
-from tests.test_codex_cli import HERE, OFFLINE, codex_binary
+from tests.test_codex_cli import OFFLINE, chatgpt_link, codex_binary
 
 ANSWER = "Served by the fallback, whole."
 
@@ -18,11 +18,7 @@ def test_codex_turn_completes_on_the_fallback_while_the_primary_asks_for_120_s(t
     fallback = make_upstream()
     upstream.plan(status(429, headers={"Retry-After": "120"}))  # every attempt, for as long as it is asked
     fallback.plan(good(text=ANSWER))
-    link = tmp_path / "bin" / "chatgpt"
-    link.parent.mkdir()
-    os.symlink(os.path.join(HERE, "chatgpt.sh"), str(link))
-    workdir = tmp_path / "work"
-    workdir.mkdir()
+    link, workdir = chatgpt_link(tmp_path)
     log = tmp_path / "proxy.log"
     env = dict(os.environ, AZURE_ENDPOINT=upstream.url + "/v1", FALLBACK_1_ENDPOINT=fallback.url + "/v1",
                PORT=str(free_port()), CODEX_HOME=str(tmp_path / "codex-home"), CLIENT_EXECUTABLE=binary,
