@@ -33,12 +33,15 @@ from tests.test_mistakes import UNRESOLVABLE, invalid_does_not_resolve  # noqa: 
 KEY = "sk-check-secret-0123456789"
 
 
-@pytest.fixture
-def closed_port():
+def bound_not_listening():
     """A port bound by this test but not listening: a connection to it is refused, and nobody else can take it."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+closed_port = pytest.fixture(bound_not_listening, name="closed_port")
+other_closed_port = pytest.fixture(bound_not_listening, name="other_closed_port")
 
 
 @pytest.fixture
@@ -381,13 +384,6 @@ def test_no_key_is_ever_printed(upstream, check, capsys):
 PRIMARY_KEY = "sk-primary-check-4c1f9e7a2b"
 FALLBACK_KEY = "sk-fallback-one-8d2e6b0c5f"
 SECOND_KEY = "sk-fallback-two-3a7d1e9b4c"
-
-
-@pytest.fixture
-def other_closed_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 def sections(out):
