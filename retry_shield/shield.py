@@ -12,6 +12,7 @@ from .responses_request import ResponsesPlan
 from .errors import ClientGone, UpstreamFailure
 from .prepare import Outbound
 from .quirks import Quirks, refused_parameter, without
+from .refusals import wrong_api_refusal
 from .replies import STOPPED, json_body
 from .retry import RetryPolicy
 from .routes import redact_url
@@ -173,7 +174,10 @@ def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, s
             fresh = failure.reused
             raise
         fresh = False
-        if outbound.upstream_protocol == "chat" and answer.status == 400:
+        if outbound.upstream_protocol == "chat" and answer.status == 400 and not (
+                outbound.guessed and wrong_api_refusal(answer.status, answer.body, "chat") is not None):
+            # A chat body refused as one of the other API is answered at once (naming UPSTREAM_API), even when
+            # the refusal also lists a parameter the proxy could drop: without it the body is still refused.
             name = refused_parameter(answer.status, answer.body, json.loads(body))
             if name is not None and quirks.learn(url, name):
                 logger.warning("the upstream refused %s; requests to %s go without it from now on", name,
