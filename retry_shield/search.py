@@ -58,7 +58,7 @@ def find(buf: Union[bytes, memoryview], needle: bytes) -> int:
     if not isinstance(buf, memoryview):
         return buf.find(needle)
     if MEMMEM is not None and not buf.readonly and buf.c_contiguous and len(buf) >= MEMMEM_FROM:
-        anchor = (ctypes.c_char * buf.nbytes).from_buffer(buf)  # pins the memory while it lives
+        anchor = ctypes.c_char.from_buffer(buf)  # an export of buf: pins its memory while it lives
         base = ctypes.addressof(anchor)
         hit = MEMMEM(base, buf.nbytes, needle, len(needle))
         return hit - base if hit else -1
