@@ -23,7 +23,7 @@ DATA_LINE = re.compile(rb'^data:[ \t]*(?:\{[^{}\[\]\r\n]*"choices":\[\{"index":0
 # stays below glibc's mmap threshold (buffers.py pins it at 128 KB), where fresh memory would cost
 # its page faults (about 0.3 ms per 358 KB) each time.
 RUN_WINDOW = 16
-RUN_WINDOW_BYTES = 64 * 1024
+RUN_WINDOW_BYTES = 8 * 1024
 # The texts of a run joined by newlines, each of which DATA_LINE's group 1 would take: its pattern
 # unrolled, with the newline allowed between texts (a text has none; after a backslash it fails).
 RUN_TEXTS = re.compile(rb'[^"\\\r]*(?:\\[^\n][^"\\\r]*)*')
@@ -98,42 +98,43 @@ def _take_run(data: Buffer, first: Match[bytes], second: Match[bytes], texts: Li
     """After two compact content-only chunks, take the text of every chunk that follows in the same bytes.
 
     Most servers send the same bytes around every chunk's text (id, model, the blank line), so
-    the bytes from one text to the next repeat: ``sep`` = the first chunk's closing, its line
-    end and the lines between (``gap``), the second chunk's opening. A window of the stream is
-    cut into lines at C speed (a newline search is a memchr); every chunk's line must open and
-    close with those bytes, its text must be one valid JSON string body, and the window must be
-    rebuilt byte for byte from the texts: then each such line is what DATA_LINE takes as compact,
-    and its text is taken without a regular expression over it. The texts from the second chunk's
-    on are added to ``texts``; the return value is where the line-by-line scan goes on (the line
-    of the first chunk not taken), or None when none was.
+    the bytes from one text to the next repeat: ``sep`` = the first chunk's closing and line end,
+    the lines between, the second chunk's opening. A window of the stream is cut at each such
+    line end by one C-speed split (the search skips ahead on a needle that ends in a newline),
+    each piece must be the lines between and the opening, then the text; the texts must be what
+    DATA_LINE's group 1 takes, and the window must be rebuilt from them byte for byte: then each
+    such line is one DATA_LINE takes as compact, and its text is taken without a regular
+    expression over the line. The texts from the second chunk's on are added to ``texts``; the
+    return value is where the line-by-line scan goes on (after the last line taken), or None
+    when none was.
     """
     sep = bytes(data[first.end(1):second.start(1)])
     if bytes(data[second.end(1):second.end(1) + len(sep)]) != sep:  # the third chunk is not of the same shape
         return None
     opening, closing = sep[sep.rindex(b"\n") + 1:], sep[:sep.index(b"\n")]
-    after = closing + b"\n" + sep[len(closing) + 1:len(sep) - len(opening)]  # a chunk's line end and gap
-    per_chunk = sep.count(b"\n")  # lines
-    text_of = operator.itemgetter(slice(len(opening), -len(closing)))
-    at = start = second.start()  # the line of the next chunk to take
-    window = RUN_WINDOW * (second.end() - at + len(after))
+    line_end = closing + b"\n"
+    head = sep[len(line_end):]  # the lines between two chunks' and the next one's opening, up to its text
+    text_of = operator.itemgetter(slice(len(head), None))
+    # A window starts after a line's end: its pieces, cut at each chunk's line end, are head + text.
+    at = start = second.start() - (len(head) - len(opening))
+    window = RUN_WINDOW * len(sep)
     while True:
         taken = bytes(data[at:at + window])  # (a memoryview compares a byte at a time: bytes, with memcmp)
-        lines = taken.split(b"\n")
-        candidates = lines[0:(len(lines) - 1) // per_chunk * per_chunk:per_chunk]  # complete chunks only
+        candidates = taken.split(line_end)[:-1]  # the last piece is cut by the window or is no such line
         chunk_texts = list(map(text_of, candidates))
-        rebuilt = opening + sep.join(chunk_texts) + after
+        rebuilt = head + sep.join(chunk_texts) + line_end
         if not taken.startswith(rebuilt):  # the run ends in this window: before its first other line
-            count = min(_leading(map(bytes.startswith, candidates, repeat(opening))),
-                        _leading(map(bytes.endswith, candidates, repeat(closing))))
-            del chunk_texts[count:], candidates[count + 1:]
-            rebuilt = opening + sep.join(chunk_texts) + after
-            if not chunk_texts or not taken.startswith(rebuilt):  # other lines between the chunks
+            del chunk_texts[_leading(map(bytes.startswith, candidates, repeat(head))):]
+            rebuilt = head + sep.join(chunk_texts) + line_end
+            if not chunk_texts or not taken.startswith(rebuilt):
                 break
+            candidates = candidates[:len(chunk_texts) + 1]  # the run ends here
         if not _texts_alone(chunk_texts):
             break
         texts.extend(chunk_texts)
+        ended = len(chunk_texts) < len(candidates) or at + window >= len(data)  # another line, or the end
         at += len(rebuilt)
-        if len(chunk_texts) < len(candidates) or at + window >= len(data):
+        if ended:
             break
         window = min(window * 2, RUN_WINDOW_BYTES)
     return at if at > start else None
@@ -146,9 +147,10 @@ def _leading(flags: Iterator[bool]) -> int:
 
 
 def _texts_alone(pieces: List[bytes]) -> bool:
-    """Whether each piece is a text DATA_LINE's group 1 takes: no bare quote, a backslash always before a
-    character of the line, a carriage return only after one (the pieces are joined by newlines)."""
-    return RUN_TEXTS.fullmatch(b"\n".join(pieces)) is not None
+    """Whether each piece is a text DATA_LINE's group 1 takes: on one line, no bare quote, a backslash always
+    before a character of the line, a carriage return only after one (the pieces are joined by newlines)."""
+    joined = b"\n".join(pieces)
+    return joined.count(b"\n") == len(pieces) - 1 and RUN_TEXTS.fullmatch(joined) is not None
 
 
 def _add_texts(choices: Dict[int, Dict[str, Any]], texts: List[bytes]) -> None:
