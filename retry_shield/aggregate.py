@@ -99,33 +99,33 @@ def _take_run(data: Buffer, first: Match[bytes], second: Match[bytes], texts: Li
 
     Most servers send the same bytes around every chunk's text (id, model, the blank line), so
     the bytes from one text to the next repeat: ``sep`` = the first chunk's closing and line end,
-    the lines between, the second chunk's opening. A window of the stream is cut at each such
-    line end by one C-speed split (the search skips ahead on a needle that ends in a newline),
-    each piece must be the lines between and the opening, then the text; the texts must be what
+    the lines between, the second chunk's opening. A window of the stream is cut where each line
+    ends and the next begins by one C-speed split; the texts cut out of the pieces must be what
     DATA_LINE's group 1 takes, and the window must be rebuilt from them byte for byte: then each
     such line is one DATA_LINE takes as compact, and its text is taken without a regular
     expression over the line. The texts from the second chunk's on are added to ``texts``; the
-    return value is where the line-by-line scan goes on (after the last line taken), or None
-    when none was.
+    return value is where the line-by-line scan goes on (the line of the first chunk not taken),
+    or None when none was.
     """
     sep = bytes(data[first.end(1):second.start(1)])
     if bytes(data[second.end(1):second.end(1) + len(sep)]) != sep:  # the third chunk is not of the same shape
         return None
-    opening, closing = sep[sep.rindex(b"\n") + 1:], sep[:sep.index(b"\n")]
-    line_end = closing + b"\n"
-    head = sep[len(line_end):]  # the lines between two chunks' and the next one's opening, up to its text
-    text_of = operator.itemgetter(slice(len(head), None))
-    # A window starts after a line's end: its pieces, cut at each chunk's line end, are head + text.
-    at = start = second.start() - (len(head) - len(opening))
+    # Cut where one chunk's line ends and the next one's begins, at the needle from the first line end
+    # through the next line's "data:": short, and of few letters, so the byte search skips along.
+    closing = sep[:sep.index(b"\n")]
+    cut_end = len(sep) - (second.start(1) - second.start()) + len(b"data:")
+    needle, prefix = sep[len(closing):cut_end], sep[cut_end:]
+    text_of = operator.itemgetter(slice(len(prefix), -len(closing)))
+    at = start = second.start() + len(b"data:")  # a window starts after a needle: its pieces are prefix + text + closing
     window = RUN_WINDOW * len(sep)
     while True:
         taken = bytes(data[at:at + window])  # (a memoryview compares a byte at a time: bytes, with memcmp)
-        candidates = taken.split(line_end)[:-1]  # the last piece is cut by the window or is no such line
+        candidates = taken.split(needle)[:-1]  # the last piece is cut by the window or is no such line
         chunk_texts = list(map(text_of, candidates))
-        rebuilt = head + sep.join(chunk_texts) + line_end
+        rebuilt = prefix + sep.join(chunk_texts) + closing + needle
         if not taken.startswith(rebuilt):  # the run ends in this window: before its first other line
-            del chunk_texts[_leading(map(bytes.startswith, candidates, repeat(head))):]
-            rebuilt = head + sep.join(chunk_texts) + line_end
+            del chunk_texts[_leading(map(bytes.startswith, candidates, repeat(prefix))):]
+            rebuilt = prefix + sep.join(chunk_texts) + closing + needle
             if not chunk_texts or not taken.startswith(rebuilt):
                 break
             candidates = candidates[:len(chunk_texts) + 1]  # the run ends here
@@ -137,7 +137,7 @@ def _take_run(data: Buffer, first: Match[bytes], second: Match[bytes], texts: Li
         if ended:
             break
         window = min(window * 2, RUN_WINDOW_BYTES)
-    return at if at > start else None
+    return at - len(b"data:") if at > start else None  # the line of the first chunk not taken
 
 
 def _leading(flags: Iterator[bool]) -> int:

@@ -41,7 +41,7 @@ def test_a_stream_of_same_shaped_chunks_is_one_run():
     taken = []
     resume = _take_run(body, first, second, taken)
     assert [piece.decode() for piece in taken] == texts[1:]
-    assert body[resume:] == b"\n" + chunk({}, finish="stop") + b"data: [DONE]\n\n"  # after the last line taken
+    assert body[resume:] == chunk({}, finish="stop") + b"data: [DONE]\n\n"  # the scan goes on at the finish chunk
     assert both_ways(body)["choices"][0]["message"]["content"] == "".join(texts)
 
 
