@@ -22,7 +22,10 @@ DATA_LINE = re.compile(rb'^data:[ \t]*(?:\{[^{}\[\]\r\n]*"choices":\[\{"index":0
 # so that a short run costs little more than its own lines, up to RUN_WINDOW_BYTES: every temporary
 # stays below glibc's mmap threshold (buffers.py pins it at 128 KB), where fresh memory would cost
 # its page faults (about 0.3 ms per 358 KB) each time.
-RUN_WINDOW = 16
+RUN_WINDOW = 4
+# Runs that took fewer than RUN_WINDOW chunks, in a row, after which a stream is read line by line:
+# where every chunk differs (OpenAI's "obfuscation" field), trying costs more than it saves.
+RUN_MISSES = 4
 RUN_WINDOW_BYTES = 8 * 1024
 # The texts of a run joined by newlines, each of which DATA_LINE's group 1 would take: its pattern
 # unrolled, with the newline allowed between texts (a text has none; after a backslash it fails).
@@ -57,20 +60,7 @@ def assemble_chat_completion(body: Buffer, runs: bool = True) -> Dict[str, Any]:
     completion: Dict[str, Any] = {"object": "chat.completion", "choices": []}
     choices: Dict[int, Dict[str, Any]] = {}
     texts: List[bytes] = []  # the JSON-escaped text of content-only chunks not yet added
-    data = body  # searched where it lies: a copy of a big answer costs its page faults (RUN_WINDOW_BYTES)
-    line = DATA_LINE.search(data)
-    while line is not None:
-        payload = line.group(2)
-        if payload is None:
-            texts.append(line.group(1))
-            following = DATA_LINE.search(data, line.end())
-            if runs and following is not None and following.group(2) is None:
-                resume = _take_run(data, line, following, texts)
-                if resume is not None:
-                    following = DATA_LINE.search(data, resume)
-            line = following
-            continue
-        line = DATA_LINE.search(data, line.end())
+    for payload in _payloads(body, texts, runs):
         payload = payload.strip()
         _add_texts(choices, texts)
         if payload == b"[DONE]":
@@ -92,6 +82,36 @@ def assemble_chat_completion(body: Buffer, runs: bool = True) -> Dict[str, Any]:
     _add_texts(choices, texts)
     completion["choices"] = [_finish_choice(choices[index]) for index in sorted(choices)]
     return completion
+
+
+def _payloads(data: Buffer, texts: List[bytes], runs: bool) -> Iterator[bytes]:
+    """The payload of each data line that is not a compact content-only chunk, in order; the texts of
+    those that are go to ``texts`` as they come. ``data`` is searched where it lies: a copy of a big
+    answer would cost its page faults (RUN_WINDOW_BYTES)."""
+    misses = 0 if runs else RUN_MISSES  # runs tried that took (almost) nothing, in a row
+    line = DATA_LINE.search(data)
+    while line is not None:
+        if misses >= RUN_MISSES:  # the rest line by line, in one pass
+            for line in DATA_LINE.finditer(data, line.start()):
+                if line.group(2) is None:
+                    texts.append(line.group(1))
+                else:
+                    yield line.group(2)
+            return
+        payload = line.group(2)
+        if payload is not None:
+            yield payload
+            line = DATA_LINE.search(data, line.end())
+            continue
+        texts.append(line.group(1))
+        following = DATA_LINE.search(data, line.end())
+        if following is not None and following.group(2) is None:
+            before = len(texts)
+            resume = _take_run(data, line, following, texts)
+            if resume is not None:
+                following = DATA_LINE.search(data, resume)
+            misses = misses + 1 if len(texts) - before < RUN_WINDOW else 0
+        line = following
 
 
 def _take_run(data: Buffer, first: Match[bytes], second: Match[bytes], texts: List[bytes]) -> Optional[int]:

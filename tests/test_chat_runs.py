@@ -86,3 +86,19 @@ def test_runs_give_what_every_line_read_gives(parts, ascii_only):
                                                               for text in part)
     body += chunk({}, finish="stop") + b"data: [DONE]\n\n"
     both_ways(body)
+
+
+def test_a_stream_whose_chunks_all_differ_is_read_line_by_line_after_a_few_tries(monkeypatch):
+    """OpenAI's chunks end in a random "obfuscation" field: no two are alike, so runs are not tried for long."""
+    from retry_shield import aggregate
+    tried = []
+    take_run = aggregate._take_run
+    monkeypatch.setattr(aggregate, "_take_run", lambda *args: tried.append(1) or take_run(*args))
+    texts = ["t%d" % number for number in range(300)]
+    body = stream(texts, obfuscation="x")  # alike: one run
+    for number in range(len(texts)):  # each of another length
+        body = body.replace(b'"t%d"' % number + b'},"finish_reason":null}],"obfuscation":"x"',
+                            b'"t%d"' % number + b'},"finish_reason":null}],"obfuscation":"' + b"x" * (number % 7 + 1) + b'"')
+    assert assemble_chat_completion(body)["choices"][0]["message"]["content"] == "".join(texts)
+    assert len(tried) == aggregate.RUN_MISSES
+    assert both_ways(body)
