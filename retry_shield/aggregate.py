@@ -18,15 +18,16 @@ Buffer = Union[bytes, memoryview]
 DATA_LINE = re.compile(rb'^data:[ \t]*(?:\{[^{}\[\]\r\n]*"choices":\[\{"index":0,"delta":\{"content":'
                        rb'"([^"\\\r\n]*(?:\\.[^"\\\r\n]*)*)"\}(?:,"logprobs":null)?,"finish_reason":null\}\]'
                        rb'[^{}\[\]\r\n]*\}[ \t]*\r?$|([^\r\n]*))', re.M)
-# The first window of a run of same-shaped chunks (_take_run), in chunks; doubled while the run goes on,
-# so that a short run costs little more than its own lines, up to RUN_WINDOW_BYTES: every temporary
-# stays below glibc's mmap threshold (buffers.py pins it at 128 KB), where fresh memory would cost
-# its page faults (about 0.3 ms per 358 KB) each time.
+# The first window of a run of same-shaped chunks (_take_run), in chunks: doubled while the run goes
+# on, so that a short run costs little more than its own lines, up to RUN_WINDOW_BYTES. 8 KB measured
+# best (16 and 32 KB cost 10 to 17% more; above 30,000 bytes CPython's byte search sets up its two-way
+# tables at every separator), and keeps every temporary far below glibc's mmap threshold (buffers.py
+# pins it at 128 KB), above which fresh memory costs its page faults each time.
 RUN_WINDOW = 4
-# Runs that took fewer than RUN_WINDOW chunks, in a row, after which a stream is read line by line:
+RUN_WINDOW_BYTES = 8 * 1024
+# Runs in a row that took fewer than RUN_WINDOW chunks, after which a stream is read line by line:
 # where every chunk differs (OpenAI's "obfuscation" field), trying costs more than it saves.
 RUN_MISSES = 4
-RUN_WINDOW_BYTES = 8 * 1024
 # The texts of a run joined by newlines, each of which DATA_LINE's group 1 would take: its pattern
 # unrolled, with the newline allowed between texts (a text has none; after a backslash it fails).
 RUN_TEXTS = re.compile(rb'[^"\\\r]*(?:\\[^\n][^"\\\r]*)*')
@@ -136,7 +137,8 @@ def _take_run(data: Buffer, first: Match[bytes], second: Match[bytes], texts: Li
     cut_end = len(sep) - (second.start(1) - second.start()) + len(b"data:")
     needle, prefix = sep[len(closing):cut_end], sep[cut_end:]
     text_of = operator.itemgetter(slice(len(prefix), -len(closing)))
-    at = start = second.start() + len(b"data:")  # a window starts after a needle: its pieces are prefix + text + closing
+    # A window starts after a needle: its pieces are prefix + text + closing.
+    at = start = second.start() + len(b"data:")
     window = RUN_WINDOW * len(sep)
     while True:
         taken = bytes(data[at:at + window])  # (a memoryview compares a byte at a time: bytes, with memcmp)

@@ -1,4 +1,4 @@
-"""Upstream refusals that say the request body is of the other API: a chat server given a Responses body, or the reverse."""
+"""Upstream refusals that say a request body is of the other API: a chat server given a Responses body, and back."""
 
 import json
 import re

@@ -148,8 +148,8 @@ def says_no_such_path(body: Union[bytes, memoryview]) -> bool:
 def wrong_api_reply(answer: UpstreamAnswer, outbound_protocol: str) -> Reply:
     """A 404 from a base URL asked in the client's own protocol: most likely the upstream speaks the other."""
     path = "/responses" if outbound_protocol == "responses" else "/chat/completions"
-    return error_reply(502, "the upstream has no %s (HTTP %d); %s" % (path, answer.status, _other_api(outbound_protocol)),
-                       "wrong_upstream_api", kind="proxy_error")
+    message = "the upstream has no %s (HTTP %d); %s" % (path, answer.status, _other_api(outbound_protocol))
+    return error_reply(502, message, "wrong_upstream_api", kind="proxy_error")
 
 
 def wrong_body_reply(answer: UpstreamAnswer, outbound_protocol: str, said: str) -> Reply:

@@ -97,8 +97,8 @@ def test_a_stream_whose_chunks_all_differ_is_read_line_by_line_after_a_few_tries
     texts = ["t%d" % number for number in range(300)]
     body = stream(texts, obfuscation="x")  # alike: one run
     for number in range(len(texts)):  # each of another length
-        body = body.replace(b'"t%d"' % number + b'},"finish_reason":null}],"obfuscation":"x"',
-                            b'"t%d"' % number + b'},"finish_reason":null}],"obfuscation":"' + b"x" * (number % 7 + 1) + b'"')
+        tail = b'"t%d"},"finish_reason":null}],"obfuscation":"' % number
+        body = body.replace(tail + b'x"', tail + b"x" * (number % 7 + 1) + b'"')
     assert assemble_chat_completion(body)["choices"][0]["message"]["content"] == "".join(texts)
     assert len(tried) == aggregate.RUN_MISSES
     assert both_ways(body)

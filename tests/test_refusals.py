@@ -1,4 +1,4 @@
-"""A 400 that says the body is of the other API: on a base URL in auto mode, a final error naming UPSTREAM_API at once."""
+"""A 400 that says the body is of the other API: on a base URL in auto mode, one final error naming UPSTREAM_API."""
 
 import json
 
