@@ -6,6 +6,7 @@ from typing import Any, Dict, Iterator, List, Optional, Set, Tuple, Union
 
 from .aggregate import assemble_chat_completion
 from .chat_request import ChatPlan
+from .search import find
 from .sse import data_json
 
 ERROR_MARK = b'"error"'
@@ -46,9 +47,8 @@ def chat_to_response(body: Union[bytes, memoryview], plan: ChatPlan, ids: str, c
     only "failed" counts, when the body shows no error line itself. A failed answer has no
     output: Codex runs a tool call as soon as it sees the item, even in a failed response.
     """
-    data = bytes(body)
-    completion = assemble_chat_completion(data)
-    error = _stream_error(data)
+    completion = assemble_chat_completion(body)  # read where it lies: a copy of a big answer costs its page faults
+    error = _stream_error(body)
     if error is None and status_hint == "failed":
         error = {"code": "server_error", "message": "the upstream answer failed"}
     choices = completion["choices"]
@@ -95,11 +95,11 @@ def response_events(response: Dict[str, Any]) -> bytes:
 # ---------------------------------------------------------------------------
 
 
-def _stream_error(data: bytes) -> Optional[Dict[str, Any]]:
+def _stream_error(body: Union[bytes, memoryview]) -> Optional[Dict[str, Any]]:
     """The final error a data line of the stream carries, as the Responses API words it, or None."""
-    if ERROR_MARK not in data:  # the usual case: one byte search, no line is parsed
+    if find(body, ERROR_MARK) < 0:  # the usual case: one byte search, no line is parsed
         return None
-    for line in data.splitlines():
+    for line in bytes(body).splitlines():
         if ERROR_MARK not in line:
             continue
         event = data_json(line.strip())

@@ -6,6 +6,7 @@ import re
 from typing import Any, NamedTuple, Optional, Sequence, Tuple, Union
 
 from .aggregate import stream_as_json
+from .refusals import wrong_api_refusal
 from .chat_answer import chat_to_response, response_events
 from .chat_request import ChatPlan
 from .responses_answer import chat_chunks, chat_completion, failed_error, responses_answer
@@ -148,10 +149,20 @@ def says_no_such_path(body: Union[bytes, memoryview]) -> bool:
 def wrong_api_reply(answer: UpstreamAnswer, outbound_protocol: str) -> Reply:
     """A 404 from a base URL asked in the client's own protocol: most likely the upstream speaks the other."""
     path = "/responses" if outbound_protocol == "responses" else "/chat/completions"
-    hint = ("it may speak only Chat Completions: set UPSTREAM_API=chat" if outbound_protocol == "responses"
+    message = "the upstream has no %s (HTTP %d); %s" % (path, answer.status, _other_api(outbound_protocol))
+    return error_reply(502, message, "wrong_upstream_api", kind="proxy_error")
+
+
+def wrong_body_reply(answer: UpstreamAnswer, outbound_protocol: str, said: str) -> Reply:
+    """A 400 from a base URL that refuses the body as one of the other API (``said``: the words that tell)."""
+    sent = "a Responses" if outbound_protocol == "responses" else "a Chat Completions"
+    return error_reply(502, "the upstream refused %s request as of another API (HTTP %d: %s); %s" % (
+        sent, answer.status, said, _other_api(outbound_protocol)), "wrong_upstream_api", kind="proxy_error")
+
+
+def _other_api(outbound_protocol: str) -> str:
+    return ("it may speak only Chat Completions: set UPSTREAM_API=chat" if outbound_protocol == "responses"
             else "it may speak only the Responses API: set UPSTREAM_API=responses")
-    return error_reply(502, "the upstream has no %s (HTTP %d); %s" % (path, answer.status, hint), "wrong_upstream_api",
-                       kind="proxy_error")
 
 
 def give_up_reply(failure: UpstreamFailure, attempts: int) -> Reply:
@@ -197,6 +208,9 @@ def reply_for(exchange: Any, ids: str, created_at: int) -> Reply:
         return give_up_reply(exchange.failure, len(exchange.attempts))
     if answer.status == 404 and exchange.guessed and says_no_such_path(answer.body):
         return wrong_api_reply(answer, exchange.upstream_protocol)
+    said = wrong_api_refusal(answer.status, answer.body, exchange.upstream_protocol) if exchange.guessed else None
+    if said is not None:
+        return wrong_body_reply(answer, exchange.upstream_protocol, said)
     if exchange.plan is None:
         return answer_reply(answer, exchange.client_streamed)
     if exchange.client_protocol == "responses":

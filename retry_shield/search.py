@@ -1,6 +1,6 @@
 """Byte search in big buffers: the C library's memmem where ctypes reaches it, bytearray.find elsewhere."""
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 try:
     import ctypes
@@ -50,3 +50,16 @@ class MemmemFinder:
             return -1
         hit = MEMMEM(self._base + at, self._end - at, needle, len(needle))
         return hit - self._base if hit else -1
+
+
+def find(buf: Union[bytes, memoryview], needle: bytes) -> int:
+    """``buf.find(needle)`` for bytes or a memoryview, the view searched where it lies: copying a
+    big answer out of its pooled buffer would cost more than the search."""
+    if not isinstance(buf, memoryview):
+        return buf.find(needle)
+    if MEMMEM is not None and not buf.readonly and buf.c_contiguous and len(buf) >= MEMMEM_FROM:
+        anchor = ctypes.c_char.from_buffer(buf)  # an export of buf: pins its memory while it lives
+        base = ctypes.addressof(anchor)
+        hit = MEMMEM(base, buf.nbytes, needle, len(needle))
+        return hit - base if hit else -1
+    return bytes(buf).find(needle)

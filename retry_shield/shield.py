@@ -13,6 +13,7 @@ from .errors import ClientGone, UpstreamFailure
 from .failover import GIVE_UP, MOVE, WAIT_FOR, Course, MakeAttempt, Route
 from .prepare import Outbound
 from .quirks import Quirks, refused_parameter, without
+from .refusals import wrong_api_refusal
 from .replies import STOPPED, json_body
 from .retry import RetryPolicy
 from .routes import redact_url
@@ -263,7 +264,10 @@ def upstream_attempts(upstream: Upstream, outbound: Outbound, deadline: float, s
         fresh = False
         if observe is not None:
             observe({name.lower(): value for name, value in answer.headers})
-        if outbound.upstream_protocol == "chat" and answer.status == 400:
+        if outbound.upstream_protocol == "chat" and answer.status == 400 and not (
+                outbound.guessed and wrong_api_refusal(answer.status, answer.body, "chat") is not None):
+            # A chat body refused as one of the other API is answered at once (naming UPSTREAM_API), even when
+            # the refusal also lists a parameter the proxy could drop: without it the body is still refused.
             name = refused_parameter(answer.status, answer.body, json.loads(body))
             if name is not None and quirks.learn(url, name):
                 logger.warning("the upstream refused %s; requests to %s go without it from now on", name,
