@@ -148,7 +148,8 @@ class Stats:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    # json.loads reads 1e400 and Infinity as inf, which no bin or duration can hold
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
 
 
 def _is_attempt(value: Any) -> bool:
@@ -161,7 +162,7 @@ def parse_record(line: bytes) -> Optional[Dict[str, Any]]:
     """A usage record from one line of a usage log, or None for a torn or foreign line."""
     try:
         record = json.loads(line)
-    except ValueError:  # not UTF-8, or not JSON (a line cut short)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON (a line cut short), or nested beyond reading
         return None
     if not isinstance(record, dict):
         return None

@@ -45,7 +45,10 @@ KNOWN = [
 ]
 NOT_RECORDS = [b"not json at all", b'{"foo": 1}', b'{"time": "2026-11-30T08:1', b"\xff\xfe", b"[1, 2]",
                json.dumps(dict(KNOWN[0], seconds="long")).encode(),
-               json.dumps(dict(KNOWN[0], time="yesterday")).encode()]
+               json.dumps(dict(KNOWN[0], time="yesterday")).encode(),
+               json.dumps(dict(KNOWN[0])).encode().replace(b'"seconds": ', b'"seconds": 1e400, "was": '),
+               json.dumps(dict(KNOWN[0])).encode().replace(b'"waited": ', b'"waited": Infinity, "was": '),
+               b"[" * 100000 + b"]" * 100000]
 KNOWN_FIGURES = {
     "requests": 6,
     "outcomes": {"delivered": 3, "final": 1, "gave_up": 1, "stopped": 0, "client_gone": 1},
@@ -64,7 +67,7 @@ KNOWN_FIGURES = {
 }
 KNOWN_TEXT = """\
 usage.jsonl: 6 requests, 2026-11-30 08:14 to 09:02 UTC
-skipped 7 lines that are not usage records
+skipped 10 lines that are not usage records
 
 requests                       6
   delivered                    3
