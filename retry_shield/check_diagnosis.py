@@ -14,10 +14,6 @@ REQUESTS = {"responses": "Responses (Codex)", "chat": "Chat Completions"}
 API_VERSION = re.compile(r"api[-_ ]?version", re.IGNORECASE)
 MODEL_FIX = ("check with a model it serves: FORCED_MODEL=NAME python proxy.py --check (on Azure NAME is a deployment's "
              "name), then set FORCED_MODEL, or the model in your client, to it")
-# The causes name the primary's settings; for a fallback, each is renamed to its own (FALLBACK_1_API_KEY).
-SUFFIXES = ("ENDPOINT", "API_KEY", "MODEL", "UPSTREAM_API")
-PRIMARY_NAMES = {Endpoint(0, "").setting(suffix): suffix for suffix in SUFFIXES}
-PRIMARY_SETTING = re.compile(r"\b(%s)\b" % "|".join(PRIMARY_NAMES))
 
 
 class Probe(NamedTuple):
@@ -102,16 +98,9 @@ def _status_cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
         _said(probe), MODEL_FIX)
 
 
-def for_endpoint(text: str, endpoint: Endpoint) -> str:
-    """``text``, written for the primary (as upstream.py's details are too), naming ``endpoint``'s own settings."""
-    if not endpoint.number:
-        return text
-    return PRIMARY_SETTING.sub(lambda found: endpoint.setting(PRIMARY_NAMES[found.group(1)]), text)
-
-
 def cause(probe: Probe, endpoint: Endpoint, model: str) -> str:
     """The likely cause of a failed probe and its fix, as one line: "cause; fix", naming the endpoint's settings."""
-    return for_endpoint(_cause(probe, endpoint.url, endpoint.api_key, model), endpoint)
+    return endpoint.in_its_words(_cause(probe, endpoint.url, endpoint.api_key, model))
 
 
 def _cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
@@ -162,7 +151,7 @@ def _cause(probe: Probe, endpoint: str, api_key: str, model: str) -> str:
 def api_advice(endpoint: Endpoint, probes: List[Probe]) -> Tuple[bool, Optional[str]]:
     """Whether the proxy would work, and the line on which APIs the endpoint speaks (None: a probe's cause says it)."""
     ok, advice = _api_advice(endpoint.url, endpoint.upstream_api, probes)
-    return ok, None if advice is None else for_endpoint(advice, endpoint)
+    return ok, None if advice is None else endpoint.in_its_words(advice)
 
 
 def _api_advice(endpoint: str, upstream_api: str, probes: List[Probe]) -> Tuple[bool, Optional[str]]:
@@ -206,8 +195,9 @@ def failure_line(endpoint: Endpoint, model: str, probes: List[Probe]) -> str:
     wanted = named or (endpoint.upstream_api if endpoint.upstream_api != "auto" else None)
     candidates = [probe for probe in probes if not works(probe) and (wanted is None or probe.protocol == wanted)]
     if candidates and all(refuted(probe) for probe in candidates) and len(candidates) > 1:
-        return for_endpoint("the upstream has neither %s nor %s (HTTP 404); check the path in AZURE_ENDPOINT: a base "
-                            "URL such as https://NAME.openai.azure.com/openai/v1 or https://api.openai.com/v1" % tuple(
-                                urllib.parse.urlsplit(probe.url).path for probe in candidates), endpoint)
+        paths = tuple(urllib.parse.urlsplit(probe.url).path for probe in candidates)
+        return endpoint.in_its_words(
+            "the upstream has neither %s nor %s (HTTP 404); check the path in AZURE_ENDPOINT: a base URL such as "
+            "https://NAME.openai.azure.com/openai/v1 or https://api.openai.com/v1" % paths)
     chosen = next((probe for probe in candidates if not refuted(probe)), candidates[0] if candidates else probes[0])
     return cause(chosen, endpoint, model)
