@@ -44,3 +44,8 @@ class UpstreamFailure(Exception):
         self.message = message
         self.wait = wait  # the proxy's own wait before the next attempt, over any hint and the backoff
         self.reused = reused
+
+    def told(self, detail: str) -> "UpstreamFailure":
+        """The same failure with another ``detail`` (the message naming other settings)."""
+        return UpstreamFailure(self.kind, detail, self.status, self.headers, self.body, self.retryable, self.message,
+                               self.wait, self.reused)

@@ -221,10 +221,10 @@ class Course:
     def in_its_words(self, failure: UpstreamFailure, index: int) -> UpstreamFailure:
         """``failure`` of endpoint ``index``, its detail naming that endpoint's settings (FALLBACK_1_ENDPOINT,
         not AZURE_ENDPOINT): the client and the log are told what to fix where."""
-        if self.route is not None and index:
-            failure.detail = self.route.endpoints[index].in_its_words(failure.detail)
-            failure.args = (failure.detail,)
-        return failure
+        if self.route is None or not index:
+            return failure
+        detail = self.route.endpoints[index].in_its_words(failure.detail)
+        return failure if detail == failure.detail else failure.told(detail)
 
     def misconfigured(self, answer: UpstreamAnswer, number: int) -> Optional[Step]:
         """Where a request goes after a fallback's 401, 403 or 404 (it cools down either way): MOVE or
