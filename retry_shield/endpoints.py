@@ -1,5 +1,4 @@
-"""An endpoint: the primary (AZURE_ENDPOINT) or a fallback (FALLBACK_n_*) with its URL, key, model and protocol;
-the FALLBACK_n_* settings read as endpoints."""
+"""Endpoints: the primary (AZURE_ENDPOINT) and the fallbacks (FALLBACK_n_*), as read from the settings."""
 
 import re
 import urllib.parse

@@ -1,5 +1,4 @@
-"""Failover: the endpoints, the cool-down table they share, where the next attempt goes (decided as data), and
-one request's course through the endpoints."""
+"""Failover: the shared cool-downs, where the next attempt goes (decided as data), one request's course."""
 
 import collections
 import logging

@@ -222,6 +222,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         env_file = load_env_file(argv)
         args = build_arg_parser().parse_args(argv)
+        if args.check and (args.stats is not None or args.since is not None):
+            raise ConfigError("--check and --stats each run alone; run python proxy.py --check, then --stats")
         if args.stats is not None or args.since is not None:
             return stats_command(args.stats, args.since, os.environ)
         config = load_config(argv, os.environ, env_file)
@@ -232,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warning = env_file_warning(env_file)
     for message in ([warning] if warning else []) + config_warnings(config):
         logger.warning("%s", message)
-    if build_arg_parser().parse_args(argv).check:
+    if args.check:
         try:
             return run_check(config, sys.stdout)
         except ConfigError as exc:  # USAGE_LOG cannot be opened: the same line and exit code as a start

@@ -59,11 +59,11 @@ def wrong_api_refusal(status: int, body: Union[bytes, memoryview], sent_protocol
     pattern = OTHER_API_SAYS.get(sent_protocol)
     if status not in REFUSING or pattern is None:
         return None
-    match = pattern.search(error_text(body))
+    match = pattern.search(body_message(body))
     return None if match is None else match.group(0).strip(" :(")
 
 
-def error_text(body: Union[bytes, memoryview]) -> str:
+def body_message(body: Union[bytes, memoryview]) -> str:
     """The message of an error body: ``error.message``, ``error``, ``detail`` or ``message``, else the text itself."""
     text = bytes(body[:READ]).decode("utf-8", "replace")
     try:

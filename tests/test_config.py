@@ -230,7 +230,7 @@ def test_help_lists_every_setting_with_its_default(environ, capsys):
         else:
             assert "[default:" not in lines[name]
     assert "required" in lines["AZURE_ENDPOINT"]
-    for flag in ("--port", "--host", "--env-file", "--debug", "--stats", "--since", "--version", "--help"):
+    for flag in ("--port", "--host", "--env-file", "--debug", "--check", "--stats", "--since", "--version", "--help"):
         assert flag in text
 
 

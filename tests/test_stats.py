@@ -239,6 +239,7 @@ def test_stats_since_counts_only_the_recent_requests(environ, tmp_path, capsys):
     (["--stats", "FOLDER"], {}, ("cannot read the usage log FOLDER", "Is a directory")),
     (["--stats", "FILE", "--since", "yesterday"], {}, ("--since 'yesterday' is not an age", "24h")),
     (["--since", "24h"], {"USAGE_LOG": "FILE"}, ("--since goes with --stats",)),
+    (["--check", "--stats", "FILE"], {}, ("--check and --stats each run alone",)),
 ])
 def test_stats_mistakes_are_one_line(environ, known_file, capsys, argv, settings, texts):
     names = {"MISSING": str(known_file.parent / "missing.jsonl"), "FOLDER": str(known_file.parent),
