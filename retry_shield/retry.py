@@ -34,6 +34,14 @@ def parse_duration(text: str) -> Optional[float]:
     return sum(float(number) * scale[unit] for number, unit in parts)
 
 
+def _left(remaining: Optional[str]) -> bool:
+    """Whether a rate limit's remaining count says some are left: its reset is then not what to wait for."""
+    try:
+        return remaining is not None and float(remaining) > 0
+    except ValueError:
+        return False
+
+
 def retry_hint(headers: Mapping[str, str], message: str = "", now: Optional[float] = None) -> Optional[float]:
     """The wait in seconds the upstream asks for, if it says: headers first, then its message."""
     headers = {name.lower(): value for name, value in headers.items()}
@@ -55,8 +63,8 @@ def retry_hint(headers: Mapping[str, str], message: str = "", now: Optional[floa
                 seconds = max(0.0, when.timestamp() - now)
         if seconds is not None:
             return seconds
-    resets = [parse_duration(headers[name]) for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-              if name in headers]
+    resets = [parse_duration(headers["x-ratelimit-reset-" + kind]) for kind in ("requests", "tokens")
+              if "x-ratelimit-reset-" + kind in headers and not _left(headers.get("x-ratelimit-remaining-" + kind))]
     resets = [seconds for seconds in resets if seconds is not None]
     if resets:
         return max(resets)

@@ -38,6 +38,10 @@ NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
     ({"x-ratelimit-reset-tokens": "12ms"}, 0.012),
     ({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "3s"}, 3.0),  # both must have reset
     ({"x-ratelimit-reset-requests": "20s", "x-ratelimit-reset-tokens": "3s"}, 20.0),
+    # Only the limit that ran out: tokens are left, so their reset (a minute away) is not waited for.
+    ({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1s",
+      "x-ratelimit-remaining-tokens": "5000", "x-ratelimit-reset-tokens": "6m0s"}, 1.0),
+    ({"x-ratelimit-remaining-requests": "x", "x-ratelimit-reset-requests": "2s"}, 2.0),
     ({"Retry-After": "4", "x-ratelimit-reset-requests": "6m0s"}, 4.0),
 ])
 def test_retry_hint_from_headers(headers, seconds):
