@@ -195,13 +195,16 @@ def test_a_turn_that_cannot_come_before_the_deadline_times_out_at_once():
 
 
 def test_held_requests_all_go_when_the_hold_ends():
-    pacer = Pacer("host", 0)
+    clock = Clock()  # still until the test moves it: the hold cannot end before all six wait
+    pacer = Pacer("host", 0, clock=clock)
     pacer.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "300ms"})
-    waiting = [turn_in_thread(pacer, arrived=float(n)) for n in range(6)]
+    waiting = [turn_in_thread(pacer, arrived=float(n), deadline=clock.now + 600) for n in range(6)]
+    wait_until(lambda: pacer.queued == 6, "the held requests did not all queue")
+    assert not any(ended for _, ended in waiting)
+    clock.now += 0.3
     for thread, _ in waiting:
         thread.join(10)
-    assert [ended["turn"][0] for _, ended in waiting] == [GO] * 6
-    assert all(ended["turn"][1] > 0 for _, ended in waiting) and pacer.queued == 0
+    assert [ended["turn"] for _, ended in waiting] == [(GO, pytest.approx(0.3))] * 6 and pacer.queued == 0
 
 
 def test_each_endpoint_has_its_own_pacer_for_the_servers_life():
@@ -354,12 +357,32 @@ def test_retries_pass_through_the_rpm_limit_too(upstream, make_proxy, caplog):
     assert " queued=" in line
 
 
+class StillThenRunning:
+    """Time for the upstream's rate limit: still until run() is called, then running on from the last time read."""
+
+    def __init__(self):
+        self.now, self.read_at, self.running = 100.0, time.monotonic(), False
+
+    def __call__(self):
+        if self.running:
+            return self.now + time.monotonic() - self.read_at
+        self.read_at = time.monotonic()
+        return self.now
+
+    def run(self):
+        self.running = True
+
+
 def test_an_upstream_that_says_none_remain_holds_the_next_requests_until_its_reset(upstream, make_proxy, caplog):
     caplog.set_level("INFO", logger="retry_shield")
+    # However slow the first three requests, their window has all its 1.5 s left at the third; the rest of it
+    # passes in real time from that attempt on, so it closes before the proxy's hold (begun on its answer) ends.
+    upstream.clock = clock = StillThenRunning()
     upstream.limit(3, 1.5, reset_headers=True)  # as OpenAI: remaining and reset on every answer
     shield = make_proxy(upstream)
     for _ in range(3):
         assert post(shield.port)[0] == 200  # the third answer says 0 remain
+    clock.run()
     answers = []
     threads = [threading.Thread(target=lambda: answers.append(post(shield.port))) for _ in range(3)]
     for thread in threads:
@@ -368,9 +391,9 @@ def test_an_upstream_that_says_none_remain_holds_the_next_requests_until_its_res
         thread.join(30)
     assert [answer[0] for answer in answers] == [200] * 3
     assert upstream.limited == 0 and upstream.attempts == 6  # held until the reset, not sent into 429s
+    assert min(seen.time for seen in upstream.requests[3:]) - upstream.requests[2].time >= 1.5
     holds = [record.getMessage() for record in caplog.records if "holding new requests" in record.getMessage()]
-    assert len(holds) >= 1 and holds[0].startswith("upstream 127.0.0.1:%d says 0 requests remain; holding new "
-                                                   "requests for 1." % upstream.port)
+    assert holds[0] == "upstream 127.0.0.1:%d says 0 requests remain; holding new requests for 1.5 s" % upstream.port
 
 
 def test_a_hold_longer_than_the_total_timeout_is_answered_at_once_with_nothing_sent(upstream, make_proxy):
