@@ -224,9 +224,10 @@ def test_a_primary_whose_name_does_not_resolve_fails_over(invalid_does_not_resol
 def test_a_misconfigured_fallback_waits_for_the_primary_that_frees_in_time(upstream, make_upstream, make_proxy,
                                                                           caplog):
     fallback = make_upstream()
-    upstream.plan(busy(1), good(text="from the primary"))
+    upstream.plan(busy(3), good(text="from the primary"))
     fallback.plan(status(401))
-    shield = with_fallbacks(make_proxy, upstream, fallback, FAILOVER_AFTER_WAIT="0.5")
+    # 3 s: the fallback's 401 comes back while the primary still cools down, however slow the machine
+    shield = with_fallbacks(make_proxy, upstream, fallback, FAILOVER_AFTER_WAIT="2")
     code, _, body = post(shield.port, body=CODEX_LIKE)
     assert code == 200 and text_of(body) == "from the primary"
     assert (upstream.attempts, fallback.attempts) == (2, 1)
