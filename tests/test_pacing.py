@@ -191,7 +191,7 @@ def test_a_turn_that_cannot_come_before_the_deadline_times_out_at_once():
     pacer = Pacer("host", 1)
     assert pacer.wait_turn(0.0, time.monotonic() + 600, lambda: True, threading.Event())[0] == GO
     outcome, queued = pacer.wait_turn(1.0, time.monotonic() + 20, lambda: True, threading.Event())
-    assert (outcome, queued) == (TIMEOUT, pytest.approx(0.0, abs=0.5)) and pacer.queued == 0
+    assert (outcome, queued) == (TIMEOUT, pytest.approx(0.0, abs=5.0)) and pacer.queued == 0  # not 20 s, nor 60
 
 
 def test_held_requests_all_go_when_the_hold_ends():
@@ -332,18 +332,18 @@ def test_rpm_limit_paces_requests_in_arrival_order(upstream, make_proxy):
         thread = threading.Thread(target=lambda n=number: answers.update({n: post(shield.port, body=numbered(n))}))
         thread.start()
         threads.append(thread)
-        if number == 1:
-            upstream.wait_attempts(1)
-        else:  # each in turn reaches the proxy while the ones before it still wait
-            wait_until(lambda n=number: health(shield.port)["queued"] == n - 1, "request %d did not queue" % number)
+        # Each in turn reaches the proxy before the next is sent: it waits in the line or has gone upstream
+        # (the attempts read first: one that moves between the two readings is not counted twice).
+        wait_until(lambda n=number: upstream.attempts + health(shield.port)["queued"] == n,
+                   "request %d did not reach the proxy" % number)
     for thread in threads:
         thread.join(30)
     assert sorted(answers) == [1, 2, 3, 4] and {answer[0] for answer in answers.values()} == {200}
     arrivals = [(int(seen.json["n"]), seen.time) for seen in upstream.requests]
     assert [number for number, _ in arrivals] == [1, 2, 3, 4]
     first = arrivals[0][1]
-    for index, (_, at) in enumerate(arrivals[1:], start=1):  # a second apart
-        assert at - first >= index - 0.02, arrivals
+    for index, (_, at) in enumerate(arrivals[1:], start=1):  # a second apart (unpaced: all within milliseconds)
+        assert at - first >= index - 0.5, arrivals  # less the first attempt's own way there, if a slow machine
 
 
 def test_retries_pass_through_the_rpm_limit_too(upstream, make_proxy, caplog):
@@ -352,7 +352,7 @@ def test_retries_pass_through_the_rpm_limit_too(upstream, make_proxy, caplog):
     shield = make_proxy(upstream, RPM_LIMIT="60")  # the retry's backoff is 0.01 s, its turn 1 s later
     assert post(shield.port)[0] == 200
     first, second = (seen.time for seen in upstream.requests)
-    assert second - first >= 0.95
+    assert second - first >= 0.5  # its turn a second after the first's (its backoff alone: 0.01 s)
     line = [record.getMessage() for record in caplog.records if " attempts=2 " in record.getMessage()][0]
     assert " queued=" in line
 
