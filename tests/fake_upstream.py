@@ -15,7 +15,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Set
 
 # ---------------------------------------------------------------------------
 # Stream builders
@@ -470,18 +470,20 @@ class FakeUpstream:
         self.tls = tls  # a server-side ssl.SSLContext: serve https://localhost
         self.speaks = speaks  # the APIs it serves; a POST to the other's path gets a 404
         self._lock = threading.Lock()
-        self._plan = [good()]  # type: List[Outcome]
-        self.requests = []  # type: List[RecordedRequest]
-        self.sent = []  # type: List[bytes]
+        self._plan: List[Outcome] = [good()]
+        self.requests: List[RecordedRequest] = []
+        self.sent: List[bytes] = []
         self.attempts = 0
-        self.rate_limit = None  # type: Optional[RateLimit]
+        self.rate_limit: Optional[RateLimit] = None
+        # The rate limit's time: a test that moves it itself sees windows open and close exactly.
+        self.clock: Callable[[], float] = time.monotonic
         self.window_opened = 0.0
         self.window_used = 0
         self.limited = 0  # 429s the rate limit answered
         self.stopping = threading.Event()
-        self.connections = set()  # type: set
-        self._server = None  # type: Optional[_Server]
-        self._thread = None  # type: Optional[threading.Thread]
+        self.connections: Set[socket.socket] = set()
+        self._server: Optional[_Server] = None
+        self._thread: Optional[threading.Thread] = None
 
     # -- life -----------------------------------------------------------------
 
@@ -547,7 +549,7 @@ class FakeUpstream:
             limit = self.rate_limit
             if limit is None:
                 return True, {}
-            now = time.monotonic()
+            now = self.clock()
             if now >= self.window_opened + limit.window:
                 self.window_opened, self.window_used = now, 0
             allowed = self.window_used < limit.count

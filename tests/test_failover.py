@@ -96,14 +96,15 @@ def test_a_final_answer_never_fails_over(upstream, make_upstream, make_proxy, an
 def test_the_cool_down_is_shared_across_requests_and_the_primary_comes_back_after_it(upstream, make_upstream,
                                                                                       make_proxy):
     fallback = make_upstream()
-    upstream.plan(busy(1), good(text="primary again"))
+    upstream.plan(busy(3), good(text="primary again"))
     fallback.plan(good(text="fallback"))
-    shield = with_fallbacks(make_proxy, upstream, fallback, FAILOVER_AFTER_WAIT="0.5")
+    # 3 s: time enough for the second request to come while the primary still cools down, however slow the machine
+    shield = with_fallbacks(make_proxy, upstream, fallback, FAILOVER_AFTER_WAIT="2")
     assert text_of(post(shield.port, body=CODEX_LIKE)[2]) == "fallback"
     assert text_of(post(shield.port, body=CODEX_LIKE)[2]) == "fallback"  # the next request starts on the fallback
     assert (upstream.attempts, fallback.attempts) == (1, 2)
     deadline = time.monotonic() + 10
-    while health(shield)["endpoints"][0]["cooling_down_s"] > 0:  # the 1 s the primary asked for
+    while health(shield)["endpoints"][0]["cooling_down_s"] > 0:  # the cool-down itself: the 3 s the primary asked for
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert text_of(post(shield.port, body=CODEX_LIKE)[2]) == "primary again"
@@ -223,9 +224,10 @@ def test_a_primary_whose_name_does_not_resolve_fails_over(invalid_does_not_resol
 def test_a_misconfigured_fallback_waits_for_the_primary_that_frees_in_time(upstream, make_upstream, make_proxy,
                                                                           caplog):
     fallback = make_upstream()
-    upstream.plan(busy(1), good(text="from the primary"))
+    upstream.plan(busy(3), good(text="from the primary"))
     fallback.plan(status(401))
-    shield = with_fallbacks(make_proxy, upstream, fallback, FAILOVER_AFTER_WAIT="0.5")
+    # 3 s: the fallback's 401 comes back while the primary still cools down, however slow the machine
+    shield = with_fallbacks(make_proxy, upstream, fallback, FAILOVER_AFTER_WAIT="2")
     code, _, body = post(shield.port, body=CODEX_LIKE)
     assert code == 200 and text_of(body) == "from the primary"
     assert (upstream.attempts, fallback.attempts) == (2, 1)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.fake_upstream import (FakeUpstream, chat_stream, cut, error_event, failed, good, incomplete, json_error,
                                  no_terminator, reset, responses_stream, stall, status)
+from tests.test_engine import Clock
 
 BODY = json.dumps({"model": "m", "input": "hi", "stream": True}).encode()
 PATHS = {"responses": "/v1/responses", "chat": "/v1/chat/completions"}
@@ -195,24 +196,33 @@ def test_echo_appends_a_field_of_each_request_to_the_text():
 
 def test_the_rate_limit_answers_429_beyond_its_count_until_the_window_closes():
     with FakeUpstream() as fake:
+        fake.clock = clock = Clock()  # still while the posts are made: the whole window is left
         fake.limit(2, 30.0)  # as Azure: Retry-After and the hint in the message, no x-ratelimit headers
         first, second, third = (post(fake) for _ in range(3))
         assert (first[0], second[0], third[0]) == (200, 200, 429) and fake.limited == 1 and fake.attempts == 3
-        assert third[1]["retry-after"] in ("29", "30") and "x-ratelimit-remaining-requests" not in first[1]
-        assert "Please retry after %s seconds." % third[1]["retry-after"] in json.loads(third[2])["error"]["message"]
+        assert third[1]["retry-after"] == "30" and "x-ratelimit-remaining-requests" not in first[1]
+        assert "Please retry after 30 seconds." in json.loads(third[2])["error"]["message"]
+        clock.now += 29.5
+        code, headers, body = post(fake)  # 0.5 s left: rounded up to a whole second
+        assert (code, headers["retry-after"]) == (429, "1")
+        assert "Please retry after 1 second." in json.loads(body)["error"]["message"]
         fake.limit(2, 30.0, retry_after=False, reset_headers=True)  # as OpenAI: the count on every answer
         answers = [post(fake) for _ in range(3)]
         assert [answer[0] for answer in answers] == [200, 200, 429] and "retry-after" not in answers[2][1]
         assert [answer[1]["x-ratelimit-remaining-requests"] for answer in answers] == ["1", "0", "0"]
         assert all(answer[1]["x-ratelimit-limit-requests"] == "2" for answer in answers)
-        reset = answers[2][1]["x-ratelimit-reset-requests"]
-        assert reset.endswith("ms") and 29000 <= int(reset[:-2]) <= 30000
+        assert answers[2][1]["x-ratelimit-reset-requests"] == "30000ms"
         assert "retry after" not in json.loads(answers[2][2])["error"]["message"]
 
 
 def test_the_rate_limit_opens_a_new_window_with_the_first_attempt_after_the_last_closed():
     with FakeUpstream() as fake:
+        fake.clock = clock = Clock()  # at 100.0
         fake.limit(1, 0.2)
-        assert post(fake)[0] == 200 and post(fake)[0] == 429
-        time.sleep(0.25)  # the window's own length: what is tested is the window, not readiness
-        assert post(fake)[0] == 200 and fake.limited == 1
+        assert post(fake)[0] == 200 and post(fake)[0] == 429  # the window of 100.0 to 100.2
+        clock.now = 100.3
+        assert post(fake)[0] == 200  # a new window, 100.3 to 100.5
+        clock.now = 100.45  # windows back to back from the first would have opened one at 100.4
+        assert post(fake)[0] == 429
+        clock.now = 100.6
+        assert post(fake)[0] == 200 and fake.limited == 2
