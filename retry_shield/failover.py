@@ -79,7 +79,8 @@ def after_failure(now: float, current: int, streak: int, asked: Optional[float],
     cool_until, why, avoid = None, "", None
     if asked is not None and asked > settings.after_wait:
         cool_until = now + min(asked, MAX_COOL_DOWN)
-        why = "it asks to wait %.0f s (over FAILOVER_AFTER_WAIT=%g)" % (asked, settings.after_wait)
+        why = "it asks to wait %s s (over FAILOVER_AFTER_WAIT=%g)" % (("%.1f" % asked).rstrip("0").rstrip("."),
+                                                                     settings.after_wait)
     elif capped:  # not waited for either: another stay there would only fail the same way
         cool_until, why, avoid = now + FAILURES_COOL_DOWN, capped, float("inf")
     elif streak >= settings.after_failures:

@@ -37,7 +37,7 @@ def test_a_wait_up_to_failover_after_wait_stays_and_a_longer_one_moves_on():
     assert decide(asked=20.0, wait=20.0) == (STAY, 0, 20.0, None, "")
     step = decide(asked=20.5, wait=20.5)
     assert (step.action, step.endpoint, step.wait, step.cool_until) == (MOVE, 1, 0.0, 120.5)
-    assert step.why == "it asks to wait 20 s (over FAILOVER_AFTER_WAIT=20)"  # %.0f rounds 20.5 to even
+    assert step.why == "it asks to wait 20.5 s (over FAILOVER_AFTER_WAIT=20)"  # not "20 s", which reads as no more
 
 
 def test_a_cool_down_from_a_hint_lasts_the_wait_asked_at_most_an_hour():
