@@ -190,9 +190,8 @@ def run(exchange: Exchange, make_attempt: MakeAttempt, wait: Wait, policy: Retry
                                       clock() - began, endpoint))
         step = course.misconfigured(answer, number)
         if step is not None:
-            with answer:  # not the client's: its buffer goes back now, before any wait
-                waits = step.action != MOVE
-            retries, waited, ended = _waited(wait, step.wait, clock, retries, waited, waits)
+            answer.give_back()  # not the client's answer: its buffer goes back now, before any wait
+            retries, waited, ended = _waited(wait, step.wait, clock, retries, waited, step.action != MOVE)
             if ended != GO:
                 return finish(attempts, retries, waited, STOPPED if ended == STOPPING else CLIENT_GONE,
                               failure=failure, status=503 if ended == STOPPING else 499)

@@ -50,6 +50,10 @@ class UpstreamAnswer(NamedTuple):
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.give_back()
+
+    def give_back(self) -> None:
+        """Return the buffer behind ``body`` to the pool; the answer is not to be read after."""
         if self.loan is not None:
             self.loan.close()
 
