@@ -9,7 +9,8 @@ from .aggregate import stream_as_json
 from .refusals import wrong_api_refusal
 from .chat_answer import chat_to_response, response_events
 from .chat_request import ChatPlan
-from .responses_answer import chat_chunks, chat_completion, failed_error, responses_answer
+from .responses_answer import chat_chunks, chat_completion, failed_error
+from .responses_reading import responses_answer
 from .responses_request import ResponsesPlan
 from .errors import ClientError, UpstreamFailure
 from .sse import StreamVerdict

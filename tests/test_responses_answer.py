@@ -16,12 +16,8 @@ from openai import OpenAI
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessage
 
-from retry_shield.responses_answer import (
-    chat_chunks,
-    chat_completion,
-    failed_error,
-    responses_answer,
-)
+from retry_shield.responses_answer import chat_chunks, chat_completion, failed_error
+from retry_shield.responses_reading import responses_answer
 from retry_shield.responses_request import ResponsesPlan
 from retry_shield.sse import StreamInspector, StreamVerdict
 from tests.fake_upstream import responses_stream
@@ -682,7 +678,7 @@ def test_translation_cost_is_linear():
 
 def test_delta_events_are_not_parsed(monkeypatch):
     """Only the events the answer needs are parsed: a few, however many deltas the stream has."""
-    import retry_shield.responses_answer as module
+    import retry_shield.responses_reading as module
 
     body = big_answer(2000)
     terminal = judged(body)
