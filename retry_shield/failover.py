@@ -51,6 +51,15 @@ class Step(NamedTuple):
     why: str = ""
 
 
+def hold_cool_down(now: float, hold: float, settings: FailoverSettings) -> Optional[float]:
+    """Until when an endpoint cools down whose answer said none remain for ``hold`` seconds (None: it does not).
+
+    A hold as long as a wait that would move a request on (over FAILOVER_AFTER_WAIT) sends new
+    requests elsewhere instead of into the queue, as the 429 it spares would have.
+    """
+    return now + min(hold, MAX_COOL_DOWN) if hold > settings.after_wait else None
+
+
 def first_free(now: float, until: Sequence[float], deadline: float) -> Step:
     """The first endpoint in order that is not cooling down (MOVE), else the one that frees first if that is
     before ``deadline`` (WAIT_FOR), else GIVE_UP."""

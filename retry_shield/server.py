@@ -17,10 +17,10 @@ from . import SERVICE_NAME, __version__
 from .buffers import BufferPool, keep_big_buffers_in_mmap
 from .endpoints import Endpoint
 from .errors import UpstreamFailure
-from .failover import CoolDowns, FailoverSettings, MakeAttempt, Route
+from .failover import CoolDowns, FailoverSettings, MakeAttempt, Route, hold_cool_down
 from .handler import ShieldHandler
 from .http1 import upstream_headers
-from .pacing import Pacer, Pacers
+from .pacing import Pacer, Pacers, hold_from_headers
 from .prepare import Outbound
 from .quirks import Quirks
 from .recent import Recent
@@ -102,7 +102,7 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         def attempts_at(prepared: Outbound, index: int) -> MakeAttempt:
             # Every attempt to endpoint ``index`` goes through this one callable; its pacer reads the answers.
             return upstream_attempts(self.upstream, prepared, deadline, still_wanted, config.max_attempts,
-                                     self.quirks, observe=pacer_of(index).observe)
+                                     self.quirks, observe=self._observer(index, pacer_of(index)))
 
         def pace(index: int) -> Tuple[str, float]:
             return pacer_of(index).wait_turn(started, deadline, still_wanted, self.stopping)
@@ -118,6 +118,24 @@ class ShieldServer(http.server.ThreadingHTTPServer):
         return run(Exchange.of(method, path, outbound, started), attempts_at(outbound, 0),
                    waiter(self.stopping, still_wanted), self.retry_policy, self.stopping.is_set, route=route,
                    pace=pace)
+
+    def _observer(self, index: int, pacer: Pacer) -> Callable[[Mapping[str, str]], None]:
+        """What reads endpoint ``index``'s answers: its pacer, and with fallbacks the cool-downs too."""
+        if len(self.endpoints) < 2:
+            return pacer.observe
+
+        def observe(headers: Mapping[str, str]) -> None:
+            pacer.observe(headers)
+            held = hold_from_headers(headers)
+            if held is None:
+                return
+            kind, seconds = held
+            until = hold_cool_down(self.cool_downs.clock(), seconds, self.failover)
+            if until is not None:
+                self.cool_downs.cool(index, until)
+                logger.info("%s cools down for %.1f s: it says 0 %s remain, over FAILOVER_AFTER_WAIT=%g",
+                            self.endpoints[index].host, seconds, kind, self.failover.after_wait)
+        return observe
 
     def models(self, query: str, client_headers: Sequence[Tuple[str, str]],
                still_wanted: Callable[[], bool]) -> Reply:

@@ -357,6 +357,23 @@ def test_a_fallback_is_paced_by_its_own_rpm_limit(upstream, make_upstream, make_
     assert (upstream.attempts, fallback.attempts) == (1, 1)
 
 
+def test_an_upstream_that_says_none_remain_for_long_sends_new_requests_to_the_fallback(upstream, make_upstream,
+                                                                                       make_proxy, caplog):
+    # Its 200 says no request remains for 60 s (over FAILOVER_AFTER_WAIT=20): new requests go to the
+    # fallback at once instead of waiting in the primary's queue (TOTAL_TIMEOUT=5 would end them there).
+    caplog.set_level(logging.INFO)
+    fallback = make_upstream()
+    upstream.plan(good(headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "60s"}))
+    fallback.plan(good(text="from the fallback"))
+    shield = with_fallbacks(make_proxy, upstream, fallback, TOTAL_TIMEOUT="5")
+    assert post(shield.port, body=CODEX_LIKE)[0] == 200
+    code, _, body = post(shield.port, body=CODEX_LIKE)
+    assert code == 200 and text_of(body) == "from the fallback"
+    assert (upstream.attempts, fallback.attempts) == (1, 1)
+    assert "127.0.0.1:%d cools down for 60.0 s: it says 0 requests remain" % upstream.port in caplog.text
+    assert 50 < health(shield)["endpoints"][0]["cooling_down_s"] <= 60
+
+
 def test_without_fallbacks_nothing_changes_in_the_config():
     config = load_config([], {"AZURE_ENDPOINT": ENDPOINT})
     assert config.fallbacks == () and len(config.endpoints) == 1

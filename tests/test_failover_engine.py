@@ -10,7 +10,7 @@ from retry_shield.endpoints import Endpoint
 from retry_shield.errors import ClientError, UpstreamFailure
 from retry_shield.failover import (FAILURES_COOL_DOWN, GIVE_UP, MAX_COOL_DOWN, MOVE, STAY, WAIT_FOR, CoolDowns,
                                    FailoverSettings, Route, after_failure, after_misconfigured, after_queue,
-                                   first_free)
+                                   first_free, hold_cool_down)
 from retry_shield.replies import give_up_reply
 from retry_shield.retry import RetryPolicy
 from retry_shield.shield import (DELIVERED, FINAL, GAVE_UP, GO, SUMMARY, TIMEOUT, Exchange, credentials_warning, run,
@@ -438,3 +438,10 @@ def test_a_queued_request_does_not_jump_to_a_fallback_because_of_the_queue_alone
     exchange = timed_out.run(pace=Pacing(clock, [(TIMEOUT, 20.0, None)]))
     assert exchange.outcome == GAVE_UP and exchange.failure.kind == "paced"
     assert timed_out.calls == [] and timed_out.prepared == []  # nothing prepared, let alone sent, for endpoint 1
+
+
+def test_a_hold_over_failover_after_wait_cools_the_endpoint_down():
+    settings = FailoverSettings(after_wait=20.0, after_failures=3)
+    assert hold_cool_down(100.0, 20.0, settings) is None  # not over: the queue waits it out
+    assert hold_cool_down(100.0, 20.5, settings) == 120.5
+    assert hold_cool_down(100.0, 86400.0, settings) == 100.0 + 3600.0  # at most an hour
