@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tu
 from .endpoints import Endpoint
 from .errors import ClientError, UpstreamFailure
 from .prepare import Outbound
+from .refusals import wrong_api_refusal
 from .retry import RETRIES_BY_KIND, RetryPolicy
 from .upstream import UpstreamAnswer
 
@@ -236,12 +237,20 @@ class Course:
         return failure if detail == failure.detail else failure.told(detail)
 
     def misconfigured(self, answer: UpstreamAnswer, number: int) -> Optional[Step]:
-        """Where a request goes after a fallback's 401, 403 or 404 (it cools down either way): MOVE or
-        WAIT_FOR; None: the client gets this answer."""
-        if self.route is None or self.current == 0 or answer.status not in MISCONFIGURED:
+        """Where a request goes after a fallback's 401, 403 or 404, or its refusal of the body as one of the
+        other API (it cools down either way): MOVE or WAIT_FOR; None: the client gets this answer."""
+        if self.route is None or self.current == 0:
             return None
-        step = self._misconfigured(("API_KEY",) if answer.status in (401, 403) else ("ENDPOINT", "MODEL"),
-                                   number <= self.policy.max_retries, "answered HTTP %d" % answer.status)
+        if answer.status in MISCONFIGURED:
+            check = ("API_KEY",) if answer.status in (401, 403) else ("ENDPOINT", "MODEL")
+            what = "answered HTTP %d" % answer.status
+        else:
+            outbound = self.prepared[self.current][0]
+            if outbound is None or not outbound.guessed or wrong_api_refusal(
+                    answer.status, answer.body, outbound.upstream_protocol) is None:
+                return None
+            check, what = ("UPSTREAM_API",), "refused the body as one of the other API (HTTP %d)" % answer.status
+        step = self._misconfigured(check, number <= self.policy.max_retries, what)
         return step if step.action != GIVE_UP else None
 
     def _misconfigured(self, check: Tuple[str, ...], attempts_left: bool, what: str = "") -> Step:

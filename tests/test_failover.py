@@ -374,6 +374,23 @@ def test_an_upstream_that_says_none_remain_for_long_sends_new_requests_to_the_fa
     assert 50 < health(shield)["endpoints"][0]["cooling_down_s"] <= 60
 
 
+def test_a_fallback_refusing_the_body_as_one_of_the_other_api_is_misconfigured(upstream, make_upstream, make_proxy,
+                                                                              caplog):
+    # FALLBACK_1 is a base URL (UPSTREAM_API auto) of a chat-only server that answers the Codex body at
+    # /v1/responses with the chat handler's 400: that fallback needs FALLBACK_1_UPSTREAM_API=chat.
+    first, second = make_upstream(), make_upstream()
+    upstream.plan(busy(120))
+    first.plan(status(400, body={"error": {"message": "Missing required parameter: 'messages'.",
+                                           "type": "invalid_request_error", "param": "messages"}}))
+    second.plan(good(text="from the second fallback"))
+    shield = with_fallbacks(make_proxy, upstream, first, second)
+    code, _, body = post(shield.port, body=CODEX_LIKE)
+    assert code == 200 and text_of(body) == "from the second fallback"
+    assert (upstream.attempts, first.attempts, second.attempts) == (1, 1, 1)
+    assert "refused the body as one of the other API (HTTP 400): that fallback is misconfigured (check " \
+           "FALLBACK_1_UPSTREAM_API)" in caplog.text
+
+
 def test_without_fallbacks_nothing_changes_in_the_config():
     config = load_config([], {"AZURE_ENDPOINT": ENDPOINT})
     assert config.fallbacks == () and len(config.endpoints) == 1
