@@ -63,19 +63,24 @@ def codex_run(tmp_path, upstream):
     return run
 
 
+def assert_proxy_gone(port, timeout=15.0):
+    """The wrapper stopped the proxy it started: within ``timeout`` nothing listens on its port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request(port, "GET", "/health", body=None)
+        except OSError:
+            return
+        assert time.monotonic() < deadline, "the proxy still listens after chatgpt.sh ended"
+        time.sleep(0.05)
+
+
 def assert_shielded_turn(result, port, upstream):
     assert result.returncode == 0, result.stderr[-3000:]
     assert ANSWER in result.stdout
     assert upstream.attempts == 8
     assert all(seen.json["stream"] is True for seen in upstream.requests if seen.method == "POST")
-    deadline = time.monotonic() + 15
-    while True:  # the wrapper stopped the proxy it started: nothing listens on its port
-        try:
-            request(port, "GET", "/health", body=None)
-        except OSError:
-            break
-        assert time.monotonic() < deadline, "the proxy still listens after chatgpt.sh ended"
-        time.sleep(0.05)
+    assert_proxy_gone(port)
 
 
 def test_codex_through_chatgpt_sh_with_an_empty_codex_home(codex_run, upstream):
@@ -136,11 +141,4 @@ def test_ctrl_c_on_codex_exec_through_chatgpt_sh_ends_with_130(tmp_path, upstrea
             process.wait()
         reader.join(10)
         os.close(master)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            request(port, "GET", "/health", body=None)
-        except OSError:
-            break
-        assert time.monotonic() < deadline, "the proxy still listens after chatgpt.sh ended"
-        time.sleep(0.05)
+    assert_proxy_gone(port)
